@@ -1,0 +1,303 @@
+"""The typed config: the complete spec of a run, loaded from YAML plus `--set` overrides.
+
+Every section is a pydantic model that forbids unknown keys. Unknown keys are caught before
+validation so that the message can say which key and suggest the nearest real one.
+Relative paths are resolved against the current directory when the config is loaded, and
+the resolved config (absolute paths) is what a run saves next to its results.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from vaelab.errors import VaelabError
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# --------------------------------------------------------------------------------------------
+# data
+# --------------------------------------------------------------------------------------------
+
+
+class FieldNames(Section):
+    """Names of the metadata fields. `file` falls back to `filename` when a file has no `file`."""
+
+    file: str = "file"
+    tags: str = "tags"
+    width: str = "width"
+    height: str = "height"
+    source: Optional[str] = "source"
+    bbox: Optional[str] = "bbox"
+    tag_separator: str = Field(",", description="separator when tags are a string, e.g. 'a,b' or 'a|b'")
+
+
+class FilterConfig(Section):
+    orientation: Literal["any", "portrait", "landscape", "square"] = "any"
+    include: list[str] = Field(default_factory=list, description="keep images with any of these tags")
+    require: list[str] = Field(default_factory=list, description="keep images with all of these tags")
+    exclude: list[str] = Field(default_factory=list, description="drop images with any of these tags")
+    exclude_sources: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _no_contradiction(self) -> "FilterConfig":
+        for wanted_name in ("include", "require"):
+            both = sorted(set(getattr(self, wanted_name)) & set(self.exclude))
+            if both:
+                raise ValueError(
+                    f"tag {both[0]!r} is in both data.filter.{wanted_name} and data.filter.exclude;"
+                    " remove it from one of them"
+                )
+        return self
+
+
+class DataConfig(Section):
+    images: Optional[Path] = Field(
+        None, description="folder that all image paths are relative to; null = the built-in figure set"
+    )
+    metadata: Optional[Path] = Field(None, description="JSON, JSONL, CSV or Parquet; null = index the folder")
+    fields: FieldNames = Field(default_factory=FieldNames)
+    filter: FilterConfig = Field(default_factory=FilterConfig)
+    size: tuple[int, int] = (64, 64)
+    fit: Literal["stretch", "pad", "crop"] = "pad"
+    bbox_crop: bool = False
+    pad_value: Union[int, tuple[int, int, int]] = 0
+    scale: Literal["unit", "symmetric", "standardize"] = "unit"
+    val_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    workers: int = Field(2, ge=0, description="DataLoader worker processes for the first (decoding) epoch")
+    cache: bool = Field(True, description="keep fitted uint8 images in a memory-mapped file")
+    cache_dir: Optional[Path] = Field(None, description="null = $VAELAB_CACHE_DIR or ~/.cache/vaelab")
+    demo_count: int = Field(2000, ge=1, description="size of the built-in figure set when images is null")
+
+    @field_validator("size")
+    @classmethod
+    def _size_positive(cls, size: tuple[int, int]) -> tuple[int, int]:
+        if min(size) < 8 or max(size) > 4096:
+            raise ValueError(f"data.size {list(size)} must be [height, width] with each side in 8..4096")
+        return size
+
+    @field_validator("pad_value")
+    @classmethod
+    def _pad_in_range(cls, value):
+        values = (value,) if isinstance(value, int) else value
+        if any(not 0 <= v <= 255 for v in values):
+            raise ValueError("data.pad_value must be 0..255 or [r, g, b] with each in 0..255")
+        return value
+
+    @property
+    def pad_rgb(self) -> tuple[int, int, int]:
+        return (self.pad_value,) * 3 if isinstance(self.pad_value, int) else tuple(self.pad_value)
+
+    def resolved_cache_dir(self) -> Path:
+        if self.cache_dir is not None:
+            return self.cache_dir
+        return Path(os.environ.get("VAELAB_CACHE_DIR") or Path.home() / ".cache" / "vaelab")
+
+
+# --------------------------------------------------------------------------------------------
+# model, loss, train, run: the keys fixed by the product contract
+# --------------------------------------------------------------------------------------------
+
+
+class ConvLayer(Section):
+    filters: int = Field(ge=1)
+    kernel: int = Field(3, ge=1)
+    stride: int = Field(2, ge=1)
+
+
+class ModelConfig(Section):
+    conv: list[ConvLayer] = Field(
+        default_factory=lambda: [
+            ConvLayer(filters=32, kernel=4, stride=2),
+            ConvLayer(filters=64, kernel=4, stride=2),
+            ConvLayer(filters=128, kernel=4, stride=2),
+        ]
+    )
+    activation: Literal["lrelu", "relu", "elu", "gelu", "silu"] = "lrelu"
+    init: Literal["he_normal", "he_uniform", "glorot_normal", "glorot_uniform", "default"] = "he_normal"
+    norm: Literal["none", "batch", "group"] = "none"
+    dense: int = Field(256, ge=1)
+    latent: int = Field(32, ge=1)
+    output_activation: Literal["none", "sigmoid", "tanh"] = "none"
+
+
+class LossConfig(Section):
+    reconstruction: Literal["mse_sum", "bce", "gaussian", "l1"] = "mse_sum"
+    sigma: Union[Literal["learned", "optimal"], float] = "optimal"
+    beta: float = Field(1.0, ge=0.0)
+    kl_warmup_epochs: int = Field(0, ge=0)
+    free_bits: float = Field(0.0, ge=0.0, description="nats per latent dimension below which KL is not pushed down")
+    sigma_min: float = Field(
+        0.0025, gt=0.0, description="gaussian: sigma is soft-clipped from below at this value (sigma-VAE's exp(-6))"
+    )
+
+    @field_validator("sigma")
+    @classmethod
+    def _sigma_positive(cls, sigma):
+        if not isinstance(sigma, str) and not sigma > 0:
+            raise ValueError("loss.sigma must be 'learned', 'optimal' or a positive number")
+        return sigma
+
+
+class TrainConfig(Section):
+    epochs: int = Field(20, ge=1)
+    batches_per_epoch: Optional[int] = Field(None, ge=1)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(1e-3, gt=0.0)
+    seed: int = 0
+    device: str = "auto"
+
+
+class RunConfig(Section):
+    root: Path = Path("runs")
+    name: Optional[str] = None
+    checkpoint_every: int = Field(16, ge=1)
+    keep_checkpoints: int = Field(3, ge=1)
+
+
+class Config(Section):
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    run: RunConfig = Field(default_factory=RunConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+# --------------------------------------------------------------------------------------------
+# loading
+# --------------------------------------------------------------------------------------------
+
+
+def load_config(path: Optional[Path] = None, overrides: tuple[str, ...] | list[str] = ()) -> Config:
+    """Load `path` (or the embedded default when None), apply `section.key=value` overrides."""
+    origin = str(path) if path is not None else "the default config"
+    raw: dict[str, Any] = {}
+    if path is not None:
+        raw = read_yaml_mapping(Path(path))
+    for override in overrides:
+        key, value = parse_override(override)
+        alone: dict[str, Any] = {}
+        set_dotted(alone, key, value, origin=f"--set {override}")
+        check_keys(alone, Config, origin=f"--set {override}")
+        set_dotted(raw, key, value, origin=f"--set {override}")
+    check_keys(raw, Config, origin=origin)
+    try:
+        config = Config.model_validate(raw)
+    except ValidationError as error:
+        raise VaelabError(f"{origin}: {describe_validation_error(error)}") from None
+    return resolve_paths(config)
+
+
+def read_yaml_mapping(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise VaelabError(f"{path}: config file not found; check the path given to -c") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise VaelabError(f"{path}: cannot read config ({error})") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        where = getattr(error, "problem_mark", None)
+        at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
+        raise VaelabError(f"{path}: invalid YAML{at}; fix the syntax") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise VaelabError(f"{path}: a config must be a mapping of sections (data:, model:, ...)")
+    return raw
+
+
+def parse_override(override: str) -> tuple[str, Any]:
+    key, sep, text = override.partition("=")
+    if not sep or not key.strip():
+        raise VaelabError(f"--set {override!r}: expected section.key=value, e.g. --set train.lr=1e-4")
+    try:
+        value = yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError:
+        raise VaelabError(f"--set {override!r}: the value is not valid YAML") from None
+    if isinstance(value, str):
+        value = _yaml_float(value)
+    return key.strip(), value
+
+
+def _yaml_float(text: str) -> Any:
+    # YAML 1.1 reads "1e-4" as a string; users mean a number.
+    try:
+        return float(text) if any(c.isdigit() for c in text) and text.strip().lower() not in ("nan",) else text
+    except ValueError:
+        return text
+
+
+def set_dotted(raw: dict[str, Any], key: str, value: Any, origin: str) -> None:
+    parts = key.split(".")
+    node = raw
+    for depth, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise VaelabError(f"{origin}: {'.'.join(parts[: depth + 1])} is a value, not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def check_keys(raw: Any, model: type[BaseModel], origin: str, prefix: str = "") -> None:
+    """Reject unknown keys anywhere in `raw`, suggesting the nearest known key."""
+    if not isinstance(raw, dict):
+        return
+    known = model.model_fields
+    for key, value in raw.items():
+        dotted = f"{prefix}{key}"
+        if key not in known:
+            close = difflib.get_close_matches(str(key), list(known), n=1, cutoff=0.5)
+            hint = f"; did you mean '{prefix}{close[0]}'?" if close else f"; known keys: {', '.join(known)}"
+            raise VaelabError(f"{origin}: unknown key '{dotted}'{hint}")
+        child = _section_type(known[key].annotation)
+        if child is not None:
+            if isinstance(value, list):
+                for item in value:
+                    check_keys(item, child, origin, prefix=f"{dotted}[].")
+            else:
+                check_keys(value, child, origin, prefix=f"{dotted}.")
+
+
+def _section_type(annotation: Any) -> Optional[type[BaseModel]]:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()) or ():
+        found = _section_type(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def describe_validation_error(error: ValidationError) -> str:
+    messages = []
+    for item in error.errors()[:3]:
+        where = ".".join(str(p) for p in item["loc"] if not str(p).startswith("function-"))
+        message = item["msg"].removeprefix("Value error, ")
+        messages.append(f"{where}: {message}" if where else message)
+    return "; ".join(messages)
+
+
+def resolve_paths(config: Config) -> Config:
+    data = config.data
+    for name in ("images", "metadata", "cache_dir"):
+        value = getattr(data, name)
+        if value is not None:
+            setattr(data, name, Path(os.path.abspath(Path(value).expanduser())))
+    config.run.root = Path(os.path.abspath(config.run.root.expanduser()))
+    return config

@@ -1,0 +1,167 @@
+"""Batches of fitted uint8 images, decoded by worker processes once and read from the cache after.
+
+The epoch order is a pure function of (seed, epoch), so a resumed run can skip to any batch
+without touching an image. Batches stay uint8 (N, H, W, 3) until `scaling.to_model_input`
+turns them into floats on the training device: four times less to copy and pin.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from typing import Iterator, Optional
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from vaelab.config import DataConfig
+from vaelab.data.cache import FAILED, FILLED, ImageCache
+from vaelab.data.collection import Collection
+from vaelab.data.images import Fitted, ImageError, load_fitted
+from vaelab.data.metadata import Skip
+
+
+@dataclass
+class Batch:
+    pixels: torch.Tensor  # uint8 (N, H, W, 3)
+    boxes: torch.Tensor  # int64 (N, 4): top, left, height, width of the real pixels
+    positions: torch.Tensor  # int64 (N,): positions in the selection (cache slots)
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+
+class FittedImages(Dataset):
+    """Every selected image, fitted; position i is `collection.selected[i]`."""
+
+    def __init__(self, collection: Collection, data: DataConfig, use_cache: Optional[bool] = None):
+        self.metadata = collection.metadata
+        self.selected = collection.selected
+        self.data = data
+        self.cache: Optional[ImageCache] = None
+        if data.cache if use_cache is None else use_cache:
+            cache = ImageCache(self.metadata, self.selected, data, data.resolved_cache_dir())
+            try:
+                cache.prepare()
+                self.cache = cache
+            except OSError as error:
+                warnings.warn(f"image cache disabled, every epoch will decode: {error}")
+
+    def __len__(self) -> int:
+        return len(self.selected)
+
+    def positions_of(self, indices: np.ndarray) -> np.ndarray:
+        """Positions in the selection of metadata indices (both are sorted)."""
+        return np.searchsorted(self.selected, indices)
+
+    def __getitem__(self, position: int) -> tuple[np.ndarray, tuple[int, int, int, int], int, str]:
+        if self.cache is not None:
+            cached = self.cache.read(position)
+            if cached is not None:
+                pixels, box = cached
+                error = "could not be decoded when the cache was built" if box[2] == 0 else ""
+                return np.array(pixels), box, position, error
+            fitted, error = self.cache.fill(position)
+        else:
+            fitted, error = self._decode(position)
+        return fitted.pixels, fitted.box, position, error or ""
+
+    def _decode(self, position: int) -> tuple[Fitted, Optional[str]]:
+        index = self.selected[position]
+        bbox = None
+        if self.data.bbox_crop and not np.isnan(self.metadata.bbox[index]).any():
+            bbox = tuple(float(v) for v in self.metadata.bbox[index])
+        try:
+            return load_fitted(self.metadata.file(index), self.data.size, self.data.fit, self.data.pad_rgb, bbox), None
+        except ImageError as problem:
+            height, width = self.data.size
+            return Fitted(np.zeros((height, width, 3), np.uint8), (0, 0, 0, 0)), str(problem)
+
+    def cache_ready(self) -> bool:
+        """True when every image is in the cache; makes the cache final the first time it is."""
+        return self.cache is not None and self.cache.finalize()
+
+
+def collate(samples: list[tuple[np.ndarray, tuple, int, str]]) -> tuple[Batch, list[tuple[int, str]]]:
+    """Stack the good samples; hand back the failed ones as (position, message)."""
+    good = [s for s in samples if not s[3]]
+    failed = [(s[2], s[3]) for s in samples if s[3]]
+    height, width = samples[0][0].shape[:2]
+    pixels = torch.from_numpy(np.stack([s[0] for s in good])) if good else torch.empty(0, height, width, 3, dtype=torch.uint8)
+    boxes = torch.tensor([s[1] for s in good], dtype=torch.int64).reshape(-1, 4)
+    positions = torch.tensor([s[2] for s in good], dtype=torch.int64)
+    return Batch(pixels, boxes, positions), failed
+
+
+def epoch_order(count: int, batch_size: int, seed: int, epoch: int, shuffle: bool, drop_last: bool) -> list[np.ndarray]:
+    """The batches of one epoch, as indices into a split. A pure function of its arguments."""
+    order = np.random.default_rng([seed, epoch]).permutation(count) if shuffle else np.arange(count)
+    stop = (count // batch_size) * batch_size if drop_last and count >= batch_size else count
+    return [order[start : start + batch_size] for start in range(0, stop, batch_size)]
+
+
+@dataclass
+class ImageLoader:
+    """The batches of one split (train or val) of a `FittedImages`."""
+
+    images: FittedImages
+    positions: np.ndarray  # the split, as positions in the selection
+    batch_size: int
+    seed: int = 0
+    shuffle: bool = True
+    drop_last: bool = False
+    workers: int = 0
+    pin_memory: bool = False
+    skipped: dict[int, Skip] = field(default_factory=dict)
+
+    def batches_per_epoch(self) -> int:
+        return len(epoch_order(len(self.positions), self.batch_size, 0, 0, False, self.drop_last))
+
+    def batches(self, epoch: int, start: int = 0, stop: Optional[int] = None) -> Iterator[Batch]:
+        """Batches `start`..`stop` of `epoch`, in the epoch's order."""
+        plan = [self.positions[b] for b in epoch_order(
+            len(self.positions), self.batch_size, self.seed, epoch, self.shuffle, self.drop_last)][start:stop]
+        if not plan:
+            return
+        if self.images.cache_ready():
+            yield from self._from_cache(plan)
+        else:
+            yield from self._decoding(plan)
+            self.images.cache_ready()
+
+    def _from_cache(self, plan: list[np.ndarray]) -> Iterator[Batch]:
+        cache = self.images.cache
+        cache._map()
+        for positions in plan:
+            rows = np.asarray(cache.table[positions])
+            usable = rows[:, 0] == FILLED
+            for position in positions[rows[:, 0] == FAILED]:
+                self._skip(int(position), "could not be decoded when the cache was built")
+            positions = positions[usable]
+            if len(positions) == 0:
+                continue
+            pixels = torch.from_numpy(cache.pixels[positions])
+            if self.pin_memory:
+                pixels = pixels.pin_memory()
+            yield Batch(pixels, torch.from_numpy(rows[usable, 2:6].copy()), torch.from_numpy(positions.astype(np.int64)))
+
+    def _decoding(self, plan: list[np.ndarray]) -> Iterator[Batch]:
+        loader = DataLoader(
+            self.images,
+            batch_sampler=[p.tolist() for p in plan],
+            num_workers=self.workers,
+            collate_fn=collate,
+            pin_memory=self.pin_memory,
+            prefetch_factor=4 if self.workers else None,
+        )
+        for batch, failed in loader:
+            for position, message in failed:
+                self._skip(position, message.split(": ", 1)[-1])
+            if len(batch):
+                yield batch
+
+    def _skip(self, position: int, reason: str) -> None:
+        if position not in self.skipped:
+            path = self.images.metadata.path(self.images.selected[position])
+            self.skipped[position] = Skip(path, reason)

@@ -1,0 +1,405 @@
+"""Image metadata held as columns: one numpy array per field, never a Python dict per image.
+
+A collection of 500,000 images must load in seconds and stay small, and DataLoader workers
+must not copy it: numpy buffers are shared copy-on-write pages that nobody writes to, while
+a list of dicts is touched (refcounts) and so copied into every worker.
+
+Readers stream rows (JSON list, JSONL, CSV, Parquet), check each one, and append it to the
+columns; a malformed row is skipped and reported, never fatal. The columns are then saved
+next to the other caches as an `.npz` (no pickle), keyed by the file's size, mtime and the
+field names, so later loads take a fraction of a second.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import re
+from array import array
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Optional
+
+import numpy as np
+
+from vaelab.config import FieldNames
+from vaelab.errors import VaelabError
+
+CACHE_FORMAT = 1
+
+
+@dataclass
+class Skip:
+    """One input that was left out, and why. `item` names a file or a metadata row."""
+
+    item: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.item}: {self.reason}"
+
+
+@dataclass
+class Metadata:
+    root: Path  # folder that every path is relative to
+    paths: np.ndarray  # bytes (S), utf-8, posix, relative to root
+    width: np.ndarray  # int32, -1 when unknown
+    height: np.ndarray  # int32, -1 when unknown
+    tag_names: np.ndarray  # str (U), the tag vocabulary
+    tag_ids: np.ndarray  # int32, every image's tag ids, concatenated
+    tag_offsets: np.ndarray  # int64, len n+1: image i's tags are tag_ids[offsets[i]:offsets[i+1]]
+    source_names: np.ndarray  # str (U)
+    source_ids: np.ndarray  # int32, -1 when the image has no source
+    bbox: np.ndarray  # float32 (n, 4) x0, y0, x1, y1; NaN when absent
+    origin: str = ""  # where the metadata came from, for messages
+    skipped: list[Skip] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def path(self, i: int) -> str:
+        return self.paths[i].decode("utf-8")
+
+    def file(self, i: int) -> Path:
+        return self.root / self.path(i)
+
+    def tags(self, i: int) -> list[str]:
+        return [str(self.tag_names[t]) for t in self.tag_ids[self.tag_offsets[i] : self.tag_offsets[i + 1]]]
+
+    def source(self, i: int) -> Optional[str]:
+        return None if self.source_ids[i] < 0 else str(self.source_names[self.source_ids[i]])
+
+    def has_bbox(self) -> np.ndarray:
+        return ~np.isnan(self.bbox).any(axis=1)
+
+    def record(self, i: int) -> dict[str, Any]:
+        box = None if np.isnan(self.bbox[i]).any() else [float(v) for v in self.bbox[i]]
+        return {
+            "file": self.path(i),
+            "width": int(self.width[i]),
+            "height": int(self.height[i]),
+            "tags": self.tags(i),
+            "source": self.source(i),
+            "bbox": box,
+        }
+
+
+# --------------------------------------------------------------------------------------------
+# Building columns from rows
+# --------------------------------------------------------------------------------------------
+
+
+class ColumnBuilder:
+    """Checks rows one at a time and appends them to compact columns."""
+
+    def __init__(self, root: Path, fields: FieldNames, origin: str):
+        self.root = root
+        self.root_text = os.path.normpath(str(root))
+        self.fields = fields
+        self.origin = origin
+        self.paths: list[bytes] = []
+        self.first_row_of: dict[bytes, int] = {}
+        self.width = array("i")
+        self.height = array("i")
+        self.tag_index: dict[str, int] = {}
+        self.tag_ids = array("i")
+        self.tag_offsets = array("q", [0])
+        self.source_index: dict[str, int] = {}
+        self.source_ids = array("i")
+        self.bbox = array("f")
+        self.skipped: list[Skip] = []
+        self.file_key: Optional[str] = None
+
+    def add(self, row: Any, row_number: int) -> None:
+        where = f"{self.origin} row {row_number}"
+        if not isinstance(row, dict):
+            self.skipped.append(Skip(where, f"expected an object with a '{self.fields.file}' field"))
+            return
+        try:
+            path = self._path(row)
+            width = _size(row.get(self.fields.width), self.fields.width)
+            height = _size(row.get(self.fields.height), self.fields.height)
+            tags = self._tags(row.get(self.fields.tags))
+            source = row.get(self.fields.source) if self.fields.source else None
+            box = _bbox(row.get(self.fields.bbox), self.fields.bbox) if self.fields.bbox else None
+        except ValueError as error:
+            self.skipped.append(Skip(where, str(error)))
+            return
+        key = path.encode("utf-8")
+        if key in self.first_row_of:
+            self.skipped.append(Skip(where, f"duplicate of row {self.first_row_of[key]} ({path})"))
+            return
+        self.first_row_of[key] = row_number
+        self.paths.append(key)
+        self.width.append(width)
+        self.height.append(height)
+        for tag in tags:
+            self.tag_ids.append(self.tag_index.setdefault(tag, len(self.tag_index)))
+        self.tag_offsets.append(len(self.tag_ids))
+        if source is None or source == "":
+            self.source_ids.append(-1)
+        else:
+            self.source_ids.append(self.source_index.setdefault(str(source), len(self.source_index)))
+        self.bbox.extend(box if box is not None else (float("nan"),) * 4)
+
+    def _path(self, row: dict) -> str:
+        if self.file_key is None:
+            # `file` is the default name; collections written by other tools often say `filename`.
+            fallback = self.fields.file == "file" and "file" not in row and "filename" in row
+            self.file_key = "filename" if fallback else self.fields.file
+        value = row.get(self.file_key)
+        if not isinstance(value, str) or not value.strip():
+            raise ValueError(f"missing or empty '{self.file_key}' field")
+        return safe_relative_path(self.root_text, value.strip())
+
+    def _tags(self, value: Any) -> list[str]:
+        if value is None:
+            return []
+        if isinstance(value, str):
+            items: Iterable[Any] = value.split(self.fields.tag_separator)
+        elif isinstance(value, (list, tuple, np.ndarray)):
+            items = value
+        else:
+            raise ValueError(f"'{self.fields.tags}' must be a list or a delimited string, not {type(value).__name__}")
+        tags = []
+        for item in items:
+            if item is None:
+                continue
+            text = str(item).strip()
+            if text and text not in tags:
+                tags.append(text)
+        return tags
+
+    def finish(self) -> Metadata:
+        tag_names = np.array(list(self.tag_index), dtype=str) if self.tag_index else np.zeros(0, dtype="U1")
+        source_names = (
+            np.array(list(self.source_index), dtype=str) if self.source_index else np.zeros(0, dtype="U1")
+        )
+        return Metadata(
+            root=self.root,
+            paths=np.array(self.paths, dtype="S") if self.paths else np.zeros(0, dtype="S1"),
+            width=np.frombuffer(self.width, dtype=np.int32).copy(),
+            height=np.frombuffer(self.height, dtype=np.int32).copy(),
+            tag_names=tag_names,
+            tag_ids=np.frombuffer(self.tag_ids, dtype=np.int32).copy(),
+            tag_offsets=np.frombuffer(self.tag_offsets, dtype=np.int64).copy(),
+            source_names=source_names,
+            source_ids=np.frombuffer(self.source_ids, dtype=np.int32).copy(),
+            bbox=np.frombuffer(self.bbox, dtype=np.float32).reshape(-1, 4).copy(),
+            origin=self.origin,
+            skipped=self.skipped,
+        )
+
+
+def safe_relative_path(root: str, value: str) -> str:
+    """The path relative to `root`, or ValueError when it escapes the folder."""
+    value = value.replace("\\", "/")
+    joined = os.path.normpath(os.path.join(root, value))
+    if joined != root and not joined.startswith(root.rstrip(os.sep) + os.sep):
+        raise ValueError(f"path '{value}' escapes the image folder {root}; use a path inside it")
+    relative = os.path.relpath(joined, root).replace(os.sep, "/")
+    if relative == ".":
+        raise ValueError(f"path '{value}' is the image folder itself, not a file")
+    return relative
+
+
+def _size(value: Any, name: str) -> int:
+    if value is None or value == "":
+        return -1  # unknown: read from the image header when it is needed
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"'{name}' is {value!r}, not a number") from None
+    if not number.is_integer() or number <= 0 or number > 1_000_000:
+        raise ValueError(f"'{name}' is {value!r}, not a positive whole number of pixels")
+    return int(number)
+
+
+def _bbox(value: Any, name: str) -> Optional[tuple[float, float, float, float]]:
+    if value is None or value == "" or (isinstance(value, float) and np.isnan(value)):
+        return None
+    if isinstance(value, str):
+        value = [v for v in re.split(r"[\s,;\[\]()]+", value) if v]
+    try:
+        box = tuple(float(v) for v in value)
+    except (TypeError, ValueError):
+        raise ValueError(f"'{name}' is {value!r}; expected [x0, y0, x1, y1]") from None
+    if len(box) != 4 or not all(np.isfinite(box)):
+        raise ValueError(f"'{name}' is {list(value)!r}; expected 4 numbers [x0, y0, x1, y1]")
+    if box[2] <= box[0] or box[3] <= box[1]:
+        raise ValueError(f"'{name}' {list(box)} is empty: it needs x1 > x0 and y1 > y0")
+    return box  # type: ignore[return-value]
+
+
+# --------------------------------------------------------------------------------------------
+# Readers: each yields (row_number, row) pairs
+# --------------------------------------------------------------------------------------------
+
+_CHUNK = 1 << 22
+_SEPARATORS = re.compile(r"[\s,]*")
+
+
+def _json_list_rows(path: Path) -> Iterator[tuple[int, Any]]:
+    """Stream a JSON list object by object, so the whole file never becomes Python objects."""
+    decoder = json.JSONDecoder()
+    with open(path, encoding="utf-8") as handle:
+        buffer = handle.read(_CHUNK)
+        consumed = 0  # characters dropped from the front of the buffer, for error positions
+        start = len(buffer) - len(buffer.lstrip())
+        if buffer[start : start + 1] != "[":
+            raise VaelabError(f"{path}: expected a JSON list of records ('[' ...); for one record per line use .jsonl")
+        position = _SEPARATORS.match(buffer, start + 1).end()
+        row = 0
+        while True:
+            while position >= len(buffer) - 1:
+                more = handle.read(_CHUNK)
+                consumed += position
+                buffer = buffer[position:] + more
+                position = _SEPARATORS.match(buffer).end()  # a chunk may start between records
+                if not more:
+                    break
+            if position >= len(buffer):
+                raise VaelabError(f"{path}: the JSON list is not closed with ']'; the file looks truncated")
+            if buffer[position] == "]":
+                return
+            try:
+                item, end = decoder.raw_decode(buffer, position)
+            except json.JSONDecodeError as error:
+                more = handle.read(_CHUNK)
+                if not more:
+                    raise VaelabError(
+                        f"{path}: invalid JSON near character {consumed + error.pos} ({error.msg}); fix the file"
+                    ) from None
+                consumed += position
+                buffer, position = buffer[position:] + more, 0
+                continue
+            row += 1
+            yield row, item
+            position = _SEPARATORS.match(buffer, end).end()
+
+
+def _jsonl_rows(path: Path, skipped: list[Skip]) -> Iterator[tuple[int, Any]]:
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                yield number, json.loads(line)
+            except json.JSONDecodeError as error:
+                skipped.append(Skip(f"{path} line {number}", f"invalid JSON ({error.msg})"))
+
+
+def _csv_rows(path: Path) -> Iterator[tuple[int, Any]]:
+    with open(path, encoding="utf-8", newline="") as handle:
+        for number, row in enumerate(csv.DictReader(handle), start=1):
+            yield number, row
+
+
+def _parquet_rows(path: Path) -> Iterator[tuple[int, Any]]:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise VaelabError(f"{path}: reading Parquet needs pyarrow; pip install 'vaelab[parquet]'") from None
+    try:
+        parquet = pq.ParquetFile(path)
+    except Exception as error:  # pyarrow raises several unrelated types for a bad file
+        raise VaelabError(f"{path}: not a readable Parquet file ({error}); check the file") from None
+    number = 0
+    for batch in parquet.iter_batches(batch_size=65536):
+        for row in batch.to_pylist():
+            number += 1
+            yield number, row
+
+
+READERS = {".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".parquet": "parquet"}
+
+
+def read_metadata_file(path: Path, root: Path, fields: FieldNames) -> Metadata:
+    """Read any supported metadata file into columns, skipping and reporting malformed rows."""
+    kind = READERS.get(path.suffix.lower())
+    if kind is None:
+        raise VaelabError(f"{path}: unknown metadata format '{path.suffix}'; use .json, .jsonl, .csv or .parquet")
+    if not path.is_file():
+        raise VaelabError(f"{path}: metadata file not found; check data.metadata")
+    builder = ColumnBuilder(root, fields, origin=path.name)
+    rows = {
+        "json": lambda: _json_list_rows(path),
+        "jsonl": lambda: _jsonl_rows(path, builder.skipped),
+        "csv": lambda: _csv_rows(path),
+        "parquet": lambda: _parquet_rows(path),
+    }[kind]()
+    try:
+        for number, row in rows:
+            builder.add(row, number)
+    except UnicodeDecodeError:
+        raise VaelabError(f"{path}: not UTF-8 text; save the metadata as UTF-8") from None
+    except csv.Error as error:
+        raise VaelabError(f"{path}: malformed CSV ({error}); fix the file") from None
+    metadata = builder.finish()
+    if len(metadata) == 0:
+        reasons = f" (first problem: {metadata.skipped[0]})" if metadata.skipped else ""
+        raise VaelabError(f"{path}: no usable records{reasons}; check the file and data.fields")
+    return metadata
+
+
+# --------------------------------------------------------------------------------------------
+# The columnar cache
+# --------------------------------------------------------------------------------------------
+
+_ARRAYS = ("paths", "width", "height", "tag_names", "tag_ids", "tag_offsets", "source_names", "source_ids", "bbox")
+
+
+def load_metadata(path: Path, root: Path, fields: FieldNames, cache_dir: Optional[Path]) -> Metadata:
+    """`read_metadata_file`, served from the columnar cache when the file has not changed."""
+    cache_file = None
+    if cache_dir is not None:
+        stat = path.stat() if path.is_file() else None
+        if stat is not None:
+            key = json.dumps(
+                [CACHE_FORMAT, str(path.resolve()), str(root), stat.st_size, stat.st_mtime_ns, fields.model_dump()]
+            )
+            cache_file = cache_dir / f"metadata-{hashlib.sha256(key.encode()).hexdigest()[:20]}.npz"
+            cached = _read_npz(cache_file, root, path.name)
+            if cached is not None:
+                return cached
+    metadata = read_metadata_file(path, root, fields)
+    if cache_file is not None:
+        save_npz(metadata, cache_file)
+    return metadata
+
+
+def save_npz(metadata: Metadata, cache_file: Path) -> None:
+    try:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        temporary = cache_file.with_name(f".{cache_file.name}.{os.getpid()}.tmp")
+        with open(temporary, "wb") as handle:
+            np.savez(
+                handle,
+                **{name: getattr(metadata, name) for name in _ARRAYS},
+                skipped_items=np.array([s.item for s in metadata.skipped], dtype=str),
+                skipped_reasons=np.array([s.reason for s in metadata.skipped], dtype=str),
+            )
+        os.replace(temporary, cache_file)
+    except OSError:
+        pass  # a cache is an optimisation; a read-only cache folder only costs speed
+
+
+def _read_npz(cache_file: Path, root: Path, origin: str) -> Optional[Metadata]:
+    try:
+        with np.load(cache_file, allow_pickle=False) as stored:
+            arrays = {name: stored[name] for name in _ARRAYS}
+            skipped = [Skip(str(i), str(r)) for i, r in zip(stored["skipped_items"], stored["skipped_reasons"])]
+    except (OSError, KeyError, ValueError):
+        return None
+    return Metadata(root=root, origin=origin, skipped=skipped, **arrays)
+
+
+def from_records(records: list[dict[str, Any]], root: Path, fields: Optional[FieldNames] = None,
+                 origin: str = "records") -> Metadata:
+    """Columns from in-memory records (used by the folder indexer and by tests)."""
+    builder = ColumnBuilder(root, fields or FieldNames(), origin=origin)
+    for number, record in enumerate(records, start=1):
+        builder.add(record, number)
+    return builder.finish()

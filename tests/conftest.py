@@ -1,0 +1,41 @@
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+
+@pytest.fixture(autouse=True)
+def isolated_cache(tmp_path_factory, monkeypatch):
+    """Every test gets its own cache folder, so none sees another's (or the user's) caches."""
+    folder = tmp_path_factory.mktemp("vaelab-cache")
+    monkeypatch.setenv("VAELAB_CACHE_DIR", str(folder))
+    return folder
+
+
+def write_image(path: Path, width: int, height: int, color=(200, 30, 30), fmt="JPEG") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (width, height), color).save(path, format=fmt)
+    return path
+
+
+@pytest.fixture
+def photo_folder(tmp_path) -> Path:
+    """A small collection laid out like the user's: source/set/tag-tag_WvH.jpg, mixed shapes."""
+    root = tmp_path / "photos"
+    rng = np.random.default_rng(0)
+    shapes = [(48, 64), (64, 48), (56, 56)]
+    poses = ["standing", "sitting", "kneeling"]
+    for i in range(12):
+        width, height = shapes[i % 3]
+        source = "studio-a" if i < 6 else "studio-b"
+        name = f"{poses[i % 3]}-{'duo-' if i % 4 == 0 else ''}blue-{i:04d}_{width}v{height}.jpg"
+        color = tuple(int(c) for c in rng.integers(0, 255, 3))
+        write_image(root / source / f"set-{i // 4}" / name, width, height, color)
+    return root
+
+
+def write_metadata(path: Path, records: list[dict]) -> Path:
+    path.write_text(json.dumps(records))
+    return path

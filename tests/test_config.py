@@ -1,0 +1,74 @@
+from pathlib import Path
+
+import pytest
+
+from vaelab.config import load_config
+from vaelab.errors import VaelabError
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_default_config_is_the_builtin_set():
+    config = load_config()
+    assert config.data.images is None
+    assert config.data.size == (64, 64)
+
+
+def test_yaml_and_overrides_are_typed(tmp_path):
+    path = write(tmp_path, "data:\n  size: [48, 32]\n  fit: crop\ntrain:\n  lr: 1.0e-4\n")
+    config = load_config(path, ["train.lr=5e-5", "data.filter.include=[standing, duo]", "data.images=pics"])
+    assert config.data.size == (48, 32)
+    assert config.data.fit == "crop"
+    assert config.train.lr == pytest.approx(5e-5)
+    assert config.data.filter.include == ["standing", "duo"]
+    assert config.data.images == Path.cwd() / "pics"  # resolved against the current directory
+
+
+def test_unknown_key_in_file_gets_did_you_mean(tmp_path):
+    path = write(tmp_path, "data:\n  fitt: pad\n")
+    with pytest.raises(VaelabError, match=r"unknown key 'data.fitt'; did you mean 'data.fit'\?"):
+        load_config(path)
+
+
+def test_unknown_key_in_override_names_the_override():
+    with pytest.raises(VaelabError, match=r"--set data.filter.exlude=\[a\]: unknown key 'data.filter.exlude'; did you mean 'data.filter.exclude'"):
+        load_config(None, ["data.filter.exlude=[a]"])
+
+
+def test_unknown_section_suggests_a_section():
+    with pytest.raises(VaelabError, match=r"unknown key 'trian'; did you mean 'train'"):
+        load_config(None, ["trian.lr=1"])
+
+
+def test_bad_values_name_the_key(tmp_path):
+    with pytest.raises(VaelabError, match=r"data.fit"):
+        load_config(None, ["data.fit=squash"])
+    with pytest.raises(VaelabError, match=r"data.size"):
+        load_config(None, ["data.size=[2, 2]"])
+    with pytest.raises(VaelabError, match=r"expected section.key=value"):
+        load_config(None, ["data.fit"])
+
+
+def test_tag_both_included_and_excluded_is_an_error():
+    with pytest.raises(VaelabError, match=r"tag 'duo' is in both data.filter.include and data.filter.exclude"):
+        load_config(None, ["data.filter.include=[duo, standing]", "data.filter.exclude=[duo]"])
+
+
+def test_invalid_yaml_and_missing_file(tmp_path):
+    with pytest.raises(VaelabError, match=r"invalid YAML at line \d+, column \d+"):
+        load_config(write(tmp_path, "data:\n  size: [64, 64\n"))
+    with pytest.raises(VaelabError, match=r"config file not found"):
+        load_config(tmp_path / "nope.yaml")
+    with pytest.raises(VaelabError, match=r"must be a mapping"):
+        load_config(write(tmp_path, "- a\n- b\n"))
+
+
+def test_resolved_config_round_trips(tmp_path):
+    config = load_config(None, ["data.fit=stretch", "model.latent=8"])
+    path = write(tmp_path, config.to_yaml())
+    again = load_config(path)
+    assert again.to_dict() == config.to_dict()
