@@ -144,6 +144,16 @@ class ImageCache:
             return np.zeros((self.height, self.width, 3), np.uint8), (0, 0, 0, 0)
         return None
 
+    def rows(self, slots: np.ndarray) -> np.ndarray:
+        """Table rows (state, crc, top, left, height, width) of `slots`."""
+        self._map()
+        return self.table[slots]
+
+    def gather(self, slots: np.ndarray) -> np.ndarray:
+        """The pixels of `slots` as one new (N, H, W, 3) array."""
+        self._map()
+        return self.pixels[slots]
+
     def fill(self, slot: int) -> tuple[Fitted, Optional[str]]:
         """Decode and fit one image, store it, and return it with the error message if it failed."""
         self._map()
@@ -175,13 +185,14 @@ class ImageCache:
             return False
         self.pixels.flush()
         self.table.flush()
-        with open(self.partial_path, "rb") as handle:
-            os.fsync(handle.fileno())
         try:
+            with open(self.partial_path, "rb") as handle:
+                os.fsync(handle.fileno())
             os.rename(self.partial_path, self.final_path)
         except FileNotFoundError:
             if not self.final_path.exists():
                 raise
+            # another process finished the same file first
         self._evict_stale()
         self.complete = True
         self._pid = None  # remap read-only

@@ -13,7 +13,7 @@ from typing import Iterator, Optional
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from vaelab.config import DataConfig
 from vaelab.data.cache import FAILED, FILLED, ImageCache
@@ -24,7 +24,7 @@ from vaelab.data.metadata import Skip
 
 @dataclass
 class Batch:
-    pixels: torch.Tensor  # uint8 (N, H, W, 3)
+    pixels: Optional[torch.Tensor]  # uint8 (N, H, W, 3); None only inside the loader
     boxes: torch.Tensor  # int64 (N, 4): top, left, height, width of the real pixels
     positions: torch.Tensor  # int64 (N,): positions in the selection (cache slots)
 
@@ -55,17 +55,18 @@ class FittedImages(Dataset):
         """Positions in the selection of metadata indices (both are sorted)."""
         return np.searchsorted(self.selected, indices)
 
-    def __getitem__(self, position: int) -> tuple[np.ndarray, tuple[int, int, int, int], int, str]:
-        if self.cache is not None:
-            cached = self.cache.read(position)
-            if cached is not None:
-                pixels, box = cached
-                error = "could not be decoded when the cache was built" if box[2] == 0 else ""
-                return np.array(pixels), box, position, error
-            fitted, error = self.cache.fill(position)
-        else:
+    def __getitem__(self, position: int) -> tuple[Optional[np.ndarray], tuple[int, int, int, int], int, str]:
+        """(pixels, box, position, error). With a cache the pixels stay in it (None here): a worker
+        fills the shared file and the main process reads it, so no image crosses a pipe."""
+        if self.cache is None:
             fitted, error = self._decode(position)
-        return fitted.pixels, fitted.box, position, error or ""
+            return fitted.pixels, fitted.box, position, error or ""
+        cached = self.cache.read(position)
+        if cached is not None:
+            box = cached[1]
+            return None, box, position, "could not be decoded when the cache was built" if box[2] == 0 else ""
+        fitted, error = self.cache.fill(position)
+        return None, fitted.box, position, error or ""
 
     def _decode(self, position: int) -> tuple[Fitted, Optional[str]]:
         index = self.selected[position]
@@ -83,14 +84,19 @@ class FittedImages(Dataset):
         return self.cache is not None and self.cache.finalize()
 
 
-def collate(samples: list[tuple[np.ndarray, tuple, int, str]]) -> tuple[Batch, list[tuple[int, str]]]:
-    """Stack the good samples; hand back the failed ones as (position, message)."""
+def collate(samples: list[tuple[Optional[np.ndarray], tuple, int, str]]) -> tuple[Batch, list[tuple[int, str]]]:
+    """Stack the good samples; hand back the failed ones as (position, message).
+    Pixels are None when they live in the cache; the main process gathers them from there."""
     good = [s for s in samples if not s[3]]
     failed = [(s[2], s[3]) for s in samples if s[3]]
-    height, width = samples[0][0].shape[:2]
-    pixels = torch.from_numpy(np.stack([s[0] for s in good])) if good else torch.empty(0, height, width, 3, dtype=torch.uint8)
     boxes = torch.tensor([s[1] for s in good], dtype=torch.int64).reshape(-1, 4)
     positions = torch.tensor([s[2] for s in good], dtype=torch.int64)
+    pixels = None
+    if good and good[0][0] is not None:
+        pixels = torch.empty((len(good), *good[0][0].shape), dtype=torch.uint8)
+        if get_worker_info() is not None:
+            pixels.share_memory_()  # before filling: the batch is then sent to the main process without a copy
+        np.stack([s[0] for s in good], out=pixels.numpy())
     return Batch(pixels, boxes, positions), failed
 
 
@@ -132,19 +138,19 @@ class ImageLoader:
 
     def _from_cache(self, plan: list[np.ndarray]) -> Iterator[Batch]:
         cache = self.images.cache
-        cache._map()
         for positions in plan:
-            rows = np.asarray(cache.table[positions])
-            usable = rows[:, 0] == FILLED
+            rows = np.asarray(cache.rows(positions))
             for position in positions[rows[:, 0] == FAILED]:
                 self._skip(int(position), "could not be decoded when the cache was built")
-            positions = positions[usable]
-            if len(positions) == 0:
-                continue
-            pixels = torch.from_numpy(cache.pixels[positions])
-            if self.pin_memory:
-                pixels = pixels.pin_memory()
-            yield Batch(pixels, torch.from_numpy(rows[usable, 2:6].copy()), torch.from_numpy(positions.astype(np.int64)))
+            usable = rows[:, 0] == FILLED
+            if usable.any():
+                yield self._gather(positions[usable], torch.from_numpy(rows[usable, 2:6].copy()))
+
+    def _gather(self, positions: np.ndarray, boxes: torch.Tensor) -> Batch:
+        pixels = torch.from_numpy(self.images.cache.gather(positions))
+        if self.pin_memory:
+            pixels = pixels.pin_memory()
+        return Batch(pixels, boxes, torch.from_numpy(positions.astype(np.int64)))
 
     def _decoding(self, plan: list[np.ndarray]) -> Iterator[Batch]:
         loader = DataLoader(
@@ -158,6 +164,8 @@ class ImageLoader:
         for batch, failed in loader:
             for position, message in failed:
                 self._skip(position, message.split(": ", 1)[-1])
+            if len(batch) and batch.pixels is None:
+                batch = self._gather(batch.positions.numpy(), batch.boxes)
             if len(batch):
                 yield batch
 

@@ -1,0 +1,57 @@
+import json
+
+from vaelab.data.index import index_folder, parse_tags, write_records, write_report
+
+
+def test_tags_from_file_and_set_folder():
+    assert parse_tags("set-530/standing-front-blue_640v640.jpg") == ["standing", "front", "blue", "set_530"]
+    assert parse_tags("studio/set-1/sitting-duo-0012_480v640.jpg") == ["sitting", "duo", "set_1"]
+    assert parse_tags("Kneeling-RED.png") == ["kneeling", "red"]
+    assert parse_tags("0001.jpg") == []
+
+
+def test_index_folder_reads_sizes_tags_and_sources(photo_folder):
+    result = index_folder(photo_folder, workers=1)
+    assert len(result.records) == 12 and not result.skipped
+    first = result.records[0]
+    assert first["file"].startswith("studio-a/set-0/")
+    assert first["source"] == "studio-a"
+    assert "set_0" in first["tags"] and "blue" in first["tags"]
+    sizes = {(r["width"], r["height"]) for r in result.records}
+    assert sizes == {(48, 64), (64, 48), (56, 56)}
+
+
+def test_index_skips_and_reports_bad_files(photo_folder, tmp_path):
+    (photo_folder / "studio-a" / "set-0" / "empty.jpg").write_bytes(b"")
+    (photo_folder / "studio-a" / "set-0" / "notes.jpg").write_text("this is text, not a photo")
+    good = next((photo_folder / "studio-b").rglob("*.jpg")).read_bytes()
+    (photo_folder / "studio-b" / "set-2" / "cut.jpg").write_bytes(good[: len(good) // 2])
+    (photo_folder / "readme.txt").write_text("not an image suffix: ignored")
+    result = index_folder(photo_folder, workers=2)
+    assert len(result.records) == 12
+    reasons = {s.item.rsplit("/", 1)[-1]: s.reason for s in result.skipped}
+    assert set(reasons) == {"empty.jpg", "notes.jpg", "cut.jpg"}
+    report = tmp_path / "report.json"
+    write_report(result.skipped, report)
+    assert json.loads(report.read_text())["skipped"] == 3
+
+
+def test_index_reuses_unchanged_files(photo_folder, monkeypatch):
+    import vaelab.data.index as module
+
+    first = index_folder(photo_folder, workers=1)
+    previous = {r["file"]: r for r in first.records}
+    calls = []
+    original = module._verify
+    monkeypatch.setattr(module, "_verify", lambda task: calls.append(task) or original(task))
+    again = index_folder(photo_folder, workers=1, reuse=previous)
+    assert again.reused == 12 and calls == []
+    assert again.records == first.records
+
+
+def test_write_records_json_and_jsonl(tmp_path):
+    records = [{"file": "a.jpg", "tags": ["x"]}, {"file": "b.jpg", "tags": []}]
+    write_records(records, tmp_path / "m.json")
+    write_records(records, tmp_path / "m.jsonl")
+    assert json.loads((tmp_path / "m.json").read_text()) == records
+    assert [json.loads(line) for line in (tmp_path / "m.jsonl").read_text().splitlines()] == records
