@@ -3,7 +3,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
+
+# Tiny convolutions are slower with two threads than one on a shared 2-core machine.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)

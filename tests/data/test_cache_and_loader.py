@@ -86,7 +86,7 @@ KILL_MIDWAY = textwrap.dedent(
     from vaelab.data.cache import ImageCache
     data = load_config(None, ["data.images=" + sys.argv[1], "data.size=[32, 32]", "data.val_fraction=0"]).data
     collection = load_collection(data)
-    cache = ImageCache(collection.metadata, collection.selected, data, data.resolved_cache_dir())
+    cache = ImageCache(collection.metadata, collection.selected, collection.file_stats, data, data.resolved_cache_dir())
     cache.prepare()
     for slot in range(len(collection.selected) // 2):
         cache.fill(slot)
@@ -100,7 +100,7 @@ def test_a_build_killed_midway_resumes_and_drops_torn_slots(photo_folder, isolat
     assert run.returncode == -9
     data = config_for(photo_folder).data
     collection = load_collection(data)
-    cache = ImageCache(collection.metadata, collection.selected, data, data.resolved_cache_dir())
+    cache = ImageCache(collection.metadata, collection.selected, collection.file_stats, data, data.resolved_cache_dir())
     assert cache.partial_path.exists() and not cache.final_path.exists()
     cache.prepare()
     assert (cache.filled() == FILLED).sum() == 6
@@ -127,7 +127,7 @@ CONCURRENT = textwrap.dedent(
     from vaelab.data.cache import ImageCache
     data = load_config(None, ["data.images=" + sys.argv[1], "data.size=[32, 32]", "data.val_fraction=0"]).data
     collection = load_collection(data)
-    cache = ImageCache(collection.metadata, collection.selected, data, data.resolved_cache_dir())
+    cache = ImageCache(collection.metadata, collection.selected, collection.file_stats, data, data.resolved_cache_dir())
     cache.prepare()
     order = np.random.default_rng(int(sys.argv[2])).permutation(len(collection.selected))
     for slot in order:
@@ -149,7 +149,7 @@ def test_two_processes_build_one_cache_at_once(photo_folder):
     assert "final" in outputs
     data = config_for(photo_folder).data
     collection = load_collection(data)
-    cache = ImageCache(collection.metadata, collection.selected, data, data.resolved_cache_dir())
+    cache = ImageCache(collection.metadata, collection.selected, collection.file_stats, data, data.resolved_cache_dir())
     cache.prepare()
     assert cache.complete
     reference = FittedImages(collection, data, use_cache=False)

@@ -39,24 +39,17 @@ _COLUMNS = 6
 _ALIGN = 4096
 
 
-def cache_key(metadata: Metadata, slots: np.ndarray, data: DataConfig) -> tuple[str, str]:
-    """(collection id, content key). The collection id names the family of files to evict."""
+def cache_key(metadata: Metadata, slots: np.ndarray, file_stats: np.ndarray, data: DataConfig) -> tuple[str, str]:
+    """(collection id, content key). The collection id names the family of files to evict.
+    `file_stats` holds each slot's file size and mtime, so an edited image changes the key."""
     family = hashlib.sha256(
         json.dumps([str(metadata.root), metadata.origin, list(data.size), data.fit]).encode()
     ).hexdigest()[:12]
     digest = hashlib.sha256()
     digest.update(json.dumps([CACHE_VERSION, list(data.size), data.fit, data.pad_rgb, data.bbox_crop]).encode())
     digest.update(str(metadata.root).encode())
-    stats = np.zeros((len(slots), 2), dtype=np.int64)
-    for row, index in enumerate(slots):
-        path = metadata.paths[index]
-        digest.update(path + b"\0")
-        try:
-            stat = os.stat(metadata.file(index))
-            stats[row] = (stat.st_size, stat.st_mtime_ns)
-        except OSError:
-            stats[row] = (-1, -1)
-    digest.update(stats.tobytes())
+    digest.update(b"\0".join(metadata.paths[slots].tolist()))
+    digest.update(np.ascontiguousarray(file_stats, dtype=np.int64).tobytes())
     if data.bbox_crop:
         digest.update(np.ascontiguousarray(metadata.bbox[slots]).tobytes())
     return family, digest.hexdigest()[:24]
@@ -66,13 +59,13 @@ class ImageCache:
     """The fitted images of `slots` (metadata indices) at `data.size`. Safe to use from workers:
     each process maps the file itself on first use."""
 
-    def __init__(self, metadata: Metadata, slots: np.ndarray, data: DataConfig, folder: Path):
+    def __init__(self, metadata: Metadata, slots: np.ndarray, file_stats: np.ndarray, data: DataConfig, folder: Path):
         self.metadata = metadata
         self.slots = np.asarray(slots)
         self.data = data
         self.height, self.width = data.size
         self.folder = Path(folder)
-        self.family, self.key = cache_key(metadata, self.slots, data)
+        self.family, self.key = cache_key(metadata, self.slots, file_stats, data)
         stem = f"fitted-{self.family}-{self.key}-{self.height}x{self.width}"
         self.final_path = self.folder / f"{stem}.u8"
         self.partial_path = self.folder / f"{stem}.u8.partial"

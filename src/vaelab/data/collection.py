@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -26,6 +27,7 @@ class Collection:
     selected: np.ndarray  # indices into metadata, after filtering
     train: np.ndarray
     val: np.ndarray
+    file_stats: np.ndarray  # int64 (len(selected), 2): size and mtime_ns of each selected file
 
     @property
     def skipped(self) -> list[Skip]:
@@ -58,6 +60,7 @@ def load_collection(data: DataConfig, progress: bool = False) -> Collection:
     if data.filter.orientation != "any":
         fill_unknown_sizes(metadata)
     selected = select(metadata, data.filter)
+    selected, file_stats = drop_missing(metadata, selected)
     if len(selected) == 0:
         raise VaelabError(
             f"data.filter keeps none of the {len(metadata)} images in {metadata.origin}; "
@@ -66,7 +69,7 @@ def load_collection(data: DataConfig, progress: bool = False) -> Collection:
     train, val = split(metadata, selected, data.val_fraction)
     if len(train) == 0:
         raise VaelabError(f"data.val_fraction {data.val_fraction} leaves no training images; lower it")
-    return Collection(metadata=metadata, selected=selected, train=train, val=val)
+    return Collection(metadata=metadata, selected=selected, train=train, val=val, file_stats=file_stats)
 
 
 def index_with_cache(images: Path, cache_dir: Path, progress: bool = False) -> Metadata:
@@ -91,6 +94,22 @@ def index_with_cache(images: Path, cache_dir: Path, progress: bool = False) -> M
     metadata = from_records(result.records, images, origin=str(images))
     metadata.skipped.extend(result.skipped)
     return metadata
+
+
+def drop_missing(metadata: Metadata, selected: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Leave out (and report) listed files that are not there; return the rest with their stats."""
+    stats = np.zeros((len(selected), 2), dtype=np.int64)
+    present = np.ones(len(selected), dtype=bool)
+    for row, index in enumerate(selected):
+        try:
+            stat = os.stat(metadata.file(index))
+            stats[row] = (stat.st_size, stat.st_mtime_ns)
+        except OSError as error:
+            present[row] = False
+            reason = "missing" if isinstance(error, FileNotFoundError) else f"cannot open ({error.strerror})"
+            metadata.skipped.append(Skip(metadata.path(index), f"{reason}: listed in {metadata.origin} but not "
+                                                               "readable in the image folder; restore it or remove the row"))
+    return selected[present], stats[present]
 
 
 def fill_unknown_sizes(metadata: Metadata) -> None:

@@ -41,7 +41,7 @@ class FittedImages(Dataset):
         self.data = data
         self.cache: Optional[ImageCache] = None
         if data.cache if use_cache is None else use_cache:
-            cache = ImageCache(self.metadata, self.selected, data, data.resolved_cache_dir())
+            cache = ImageCache(self.metadata, self.selected, collection.file_stats, data, data.resolved_cache_dir())
             try:
                 cache.prepare()
                 self.cache = cache
