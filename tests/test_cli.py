@@ -111,3 +111,13 @@ def test_metadata_that_is_not_metadata(tmp_path, capsys):
     (tmp_path / "images").mkdir()
     status, _, err = run(capsys, "data", "stats", f"--set=data.images={tmp_path / 'images'}", f"--set=data.metadata={meta}")
     assert status == 2 and "meta.json: expected a JSON list" in err
+
+
+def test_index_never_overwrites_metadata_without_force(photo_folder, capsys):
+    existing = photo_folder / "metadata.json"
+    existing.write_text('[{"file": "precious.jpg", "bbox": [1, 2, 3, 4]}]')
+    status, _, err = run(capsys, "data", "index", str(photo_folder), "--workers", "1")
+    assert status == 2 and "already exists; pass --force" in err
+    assert "precious" in existing.read_text()
+    status, out, _ = run(capsys, "data", "index", str(photo_folder), "--workers", "1", "--force")
+    assert status == 0 and len(json.loads(existing.read_text())) == 12

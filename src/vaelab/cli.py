@@ -72,13 +72,16 @@ def data_demo(out_dir: Path, count: int, seed: int) -> None:
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Metadata file to write, .json or .jsonl [default: IMAGES_DIR/metadata.json].")
 @click.option("--workers", type=int, default=None, help="Processes that verify images [default: all cores].")
-def data_index(images_dir: Path, out: Optional[Path], workers: Optional[int]) -> None:
+@click.option("--force", is_flag=True, help="Overwrite an existing metadata file.")
+def data_index(images_dir: Path, out: Optional[Path], workers: Optional[int], force: bool) -> None:
     """Walk IMAGES_DIR into a metadata file: tags from file and set-folder names, sizes from
     headers. Every image is decoded once; unreadable files are skipped and listed in a report
     file beside the metadata (NAME.report.json)."""
     from vaelab.data.index import index_folder, write_records, write_report
 
     out = out or images_dir / "metadata.json"
+    if out.exists() and not force:
+        raise VaelabError(f"{out}: already exists; pass --force to overwrite it or choose another --out")
     result = index_folder(images_dir, workers=workers, progress=sys.stderr.isatty())
     try:
         write_records(result.records, out)

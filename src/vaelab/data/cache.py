@@ -104,15 +104,25 @@ class ImageCache:
     def _map(self) -> None:
         if self._pid == os.getpid():
             return
-        path = self.final_path if self.final_path.exists() else self.partial_path
-        mode = "r" if path == self.final_path else "r+"
-        self.complete = path == self.final_path
-        self.table = np.memmap(path, dtype=np.int64, mode=mode, shape=(len(self.slots), _COLUMNS))
-        self.pixels = np.memmap(
-            path, dtype=np.uint8, mode=mode, offset=self.table_bytes,
-            shape=(len(self.slots), self.height, self.width, 3),
-        )
-        self._pid = os.getpid()
+        # One open file for both views, so that a rename by another process between two
+        # opens can never leave the table and the pixels pointing at different files.
+        for path, mode, file_mode in ((self.final_path, "r", "rb"), (self.partial_path, "r+", "r+b")):
+            try:
+                handle = open(path, file_mode)
+            except FileNotFoundError:
+                continue  # the partial file may have just become the final one
+            with handle:
+                self.table = np.memmap(handle, dtype=np.int64, mode=mode, shape=(len(self.slots), _COLUMNS))
+                self.pixels = np.memmap(
+                    handle, dtype=np.uint8, mode=mode, offset=self.table_bytes,
+                    shape=(len(self.slots), self.height, self.width, 3),
+                )
+            self.complete = mode == "r"
+            self._pid = os.getpid()
+            return
+        if self.final_path.exists():
+            return self._map()
+        raise OSError(f"{self.partial_path}: the image cache file disappeared; run again to rebuild it")
 
     def _drop_torn_slots(self) -> None:
         if self.complete:

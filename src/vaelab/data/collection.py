@@ -14,7 +14,8 @@ import numpy as np
 from vaelab.config import DataConfig
 from vaelab.data.images import ImageError, read_size
 from vaelab.data.index import index_folder, write_records
-from vaelab.data.metadata import Metadata, Skip, from_records, load_metadata
+from vaelab.data.metadata import Metadata, Skip, from_records
+from vaelab.data.readers import load_metadata
 from vaelab.data.select import select, split
 from vaelab.errors import VaelabError
 

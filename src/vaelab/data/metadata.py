@@ -4,16 +4,13 @@ A collection of 500,000 images must load in seconds and stay small, and DataLoad
 must not copy it: numpy buffers are shared copy-on-write pages that nobody writes to, while
 a list of dicts is touched (refcounts) and so copied into every worker.
 
-Readers stream rows (JSON list, JSONL, CSV, Parquet), check each one, and append it to the
-columns; a malformed row is skipped and reported, never fatal. The columns are then saved
-next to the other caches as an `.npz` (no pickle), keyed by the file's size, mtime and the
-field names, so later loads take a fraction of a second.
+`ColumnBuilder` checks rows one at a time and appends them to the columns; a malformed row
+is skipped and reported, never fatal. The columns save to and load from an `.npz` (no
+pickle), which is the columnar cache that `readers.load_metadata` keeps.
 """
 
 from __future__ import annotations
 
-import csv
-import hashlib
 import json
 import math
 import os
@@ -21,14 +18,12 @@ import re
 from array import array
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Optional
+from typing import Any, Iterable, Optional
 
 import numpy as np
 
 from vaelab.config import FieldNames
-from vaelab.errors import VaelabError
 
-CACHE_FORMAT = 1
 _NO_BOX = (math.nan,) * 4
 
 
@@ -258,140 +253,10 @@ def _bbox(value: Any, name: str) -> Optional[tuple[float, float, float, float]]:
 
 
 # --------------------------------------------------------------------------------------------
-# Readers: each yields (row_number, row) pairs
-# --------------------------------------------------------------------------------------------
-
-_CHUNK = 1 << 22
-_SEPARATORS = re.compile(r"[\s,]*")
-
-
-def _json_list_rows(path: Path) -> Iterator[tuple[int, Any]]:
-    """Stream a JSON list object by object, so the whole file never becomes Python objects."""
-    decoder = json.JSONDecoder()
-    with open(path, encoding="utf-8") as handle:
-        buffer = handle.read(_CHUNK)
-        consumed = 0  # characters dropped from the front of the buffer, for error positions
-        start = len(buffer) - len(buffer.lstrip())
-        if buffer[start : start + 1] != "[":
-            raise VaelabError(f"{path}: expected a JSON list of records ('[' ...); for one record per line use .jsonl")
-        position = _SEPARATORS.match(buffer, start + 1).end()
-        row = 0
-        while True:
-            while position >= len(buffer) - 1:
-                more = handle.read(_CHUNK)
-                consumed += position
-                buffer = buffer[position:] + more
-                position = _SEPARATORS.match(buffer).end()  # a chunk may start between records
-                if not more:
-                    break
-            if position >= len(buffer):
-                raise VaelabError(f"{path}: the JSON list is not closed with ']'; the file looks truncated")
-            if buffer[position] == "]":
-                return
-            try:
-                item, end = decoder.raw_decode(buffer, position)
-            except json.JSONDecodeError as error:
-                more = handle.read(_CHUNK)
-                if not more:
-                    raise VaelabError(
-                        f"{path}: invalid JSON near character {consumed + error.pos} ({error.msg}); fix the file"
-                    ) from None
-                consumed += position
-                buffer, position = buffer[position:] + more, 0
-                continue
-            row += 1
-            yield row, item
-            position = _SEPARATORS.match(buffer, end).end()
-
-
-def _jsonl_rows(path: Path, skipped: list[Skip]) -> Iterator[tuple[int, Any]]:
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                yield number, json.loads(line)
-            except json.JSONDecodeError as error:
-                skipped.append(Skip(f"{path} line {number}", f"invalid JSON ({error.msg})"))
-
-
-def _csv_rows(path: Path) -> Iterator[tuple[int, Any]]:
-    with open(path, encoding="utf-8", newline="") as handle:
-        for number, row in enumerate(csv.DictReader(handle), start=1):
-            yield number, row
-
-
-def _parquet_rows(path: Path) -> Iterator[tuple[int, Any]]:
-    try:
-        import pyarrow.parquet as pq
-    except ImportError:
-        raise VaelabError(f"{path}: reading Parquet needs pyarrow; pip install 'vaelab[parquet]'") from None
-    try:
-        parquet = pq.ParquetFile(path)
-    except Exception as error:  # pyarrow raises several unrelated types for a bad file
-        raise VaelabError(f"{path}: not a readable Parquet file ({error}); check the file") from None
-    number = 0
-    for batch in parquet.iter_batches(batch_size=65536):
-        for row in batch.to_pylist():
-            number += 1
-            yield number, row
-
-
-READERS = {".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".parquet": "parquet"}
-
-
-def read_metadata_file(path: Path, root: Path, fields: FieldNames) -> Metadata:
-    """Read any supported metadata file into columns, skipping and reporting malformed rows."""
-    kind = READERS.get(path.suffix.lower())
-    if kind is None:
-        raise VaelabError(f"{path}: unknown metadata format '{path.suffix}'; use .json, .jsonl, .csv or .parquet")
-    if not path.is_file():
-        raise VaelabError(f"{path}: metadata file not found; check data.metadata")
-    builder = ColumnBuilder(root, fields, origin=path.name)
-    rows = {
-        "json": lambda: _json_list_rows(path),
-        "jsonl": lambda: _jsonl_rows(path, builder.skipped),
-        "csv": lambda: _csv_rows(path),
-        "parquet": lambda: _parquet_rows(path),
-    }[kind]()
-    try:
-        for number, row in rows:
-            builder.add(row, number)
-    except UnicodeDecodeError:
-        raise VaelabError(f"{path}: not UTF-8 text; save the metadata as UTF-8") from None
-    except csv.Error as error:
-        raise VaelabError(f"{path}: malformed CSV ({error}); fix the file") from None
-    metadata = builder.finish()
-    if len(metadata) == 0:
-        reasons = f" (first problem: {metadata.skipped[0]})" if metadata.skipped else ""
-        raise VaelabError(f"{path}: no usable records{reasons}; check the file and data.fields")
-    return metadata
-
-
-# --------------------------------------------------------------------------------------------
 # The columnar cache
 # --------------------------------------------------------------------------------------------
 
 _ARRAYS = ("paths", "width", "height", "tag_names", "tag_ids", "tag_offsets", "source_names", "source_ids", "bbox")
-
-
-def load_metadata(path: Path, root: Path, fields: FieldNames, cache_dir: Optional[Path]) -> Metadata:
-    """`read_metadata_file`, served from the columnar cache when the file has not changed."""
-    cache_file = None
-    if cache_dir is not None:
-        stat = path.stat() if path.is_file() else None
-        if stat is not None:
-            key = json.dumps(
-                [CACHE_FORMAT, str(path.resolve()), str(root), stat.st_size, stat.st_mtime_ns, fields.model_dump()]
-            )
-            cache_file = cache_dir / f"metadata-{hashlib.sha256(key.encode()).hexdigest()[:20]}.npz"
-            cached = _read_npz(cache_file, root, path.name)
-            if cached is not None:
-                return cached
-    metadata = read_metadata_file(path, root, fields)
-    if cache_file is not None:
-        save_npz(metadata, cache_file)
-    return metadata
 
 
 def save_npz(metadata: Metadata, cache_file: Path) -> None:
@@ -410,7 +275,7 @@ def save_npz(metadata: Metadata, cache_file: Path) -> None:
         pass  # a cache is an optimisation; a read-only cache folder only costs speed
 
 
-def _read_npz(cache_file: Path, root: Path, origin: str) -> Optional[Metadata]:
+def read_npz(cache_file: Path, root: Path, origin: str) -> Optional[Metadata]:
     try:
         with np.load(cache_file, allow_pickle=False) as stored:
             arrays = {name: stored[name] for name in _ARRAYS}
