@@ -1,6 +1,7 @@
 """Load and filter a 500,000-record metadata file (about 120 MB of JSON): time and peak memory.
 
-Three measurements, each in a fresh process so that peak RSS is its own:
+Three measurements, each in a fresh process (imports included) so that peak RSS is its own.
+The images themselves do not exist: this measures metadata, filters and the train/val split.
   baseline: json.load into a list of dicts, then a Python loop that filters it (the usual script)
   first:    vaelab's streaming reader into columns, then the filters (no columnar cache yet)
   cached:   the same call again, now served by vaelab's columnar cache of that file
@@ -64,15 +65,19 @@ print(len(kept), time.perf_counter() - start, resource.getrusage(resource.RUSAGE
 VAELAB = """
 import sys, time
 start = time.perf_counter()
+from pathlib import Path
 from vaelab.config import load_config
-from vaelab.data.collection import load_collection
+from vaelab.data.readers import load_metadata
+from vaelab.data.select import select, split
 data = load_config(None, ["data.images=" + sys.argv[2], "data.metadata=" + sys.argv[1],
                           "data.cache_dir=" + sys.argv[3], "data.fields.file=filename",
                           "data.filter.orientation=portrait", "data.filter.include=[standing]",
                           "data.filter.exclude=[duo]"]).data
-collection = load_collection(data)
+metadata = load_metadata(data.metadata, data.images, data.fields, data.cache_dir)
+selected = select(metadata, data.filter)
+train, val = split(metadata, selected, data.val_fraction)
 import resource
-print(len(collection.selected), time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+print(len(selected), time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 """
 
 
