@@ -74,10 +74,11 @@ def measure(size: int, images: Path, metadata: Path, workers: int, batch: int, c
             loader = ImageLoader(fitted, fitted.positions_of(collection.train), batch_size=batch, workers=workers)
             seconds, count = timed_epoch(loader.batches(0))
             cold_ips.append(count / seconds)
-            assert fitted.cache.final_path.exists(), "the cold epoch should leave a finished cache"
             for epoch in range(1, cached_epochs + 1):
                 seconds, count = timed_epoch(loader.batches(epoch))
                 cached_ips.append(count / seconds)
+            fitted.cache.wait()
+            assert fitted.cache.final_path.exists(), "the cold epoch should leave a finished cache"
     files = [collection.metadata.file(i) for i in collection.train]
     naive = DataLoader(NaiveLetterbox(files, size), batch_size=batch, shuffle=True, num_workers=workers)
     for _ in range(cold_repeats):

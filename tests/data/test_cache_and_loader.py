@@ -34,6 +34,7 @@ def test_second_epoch_reads_the_cache_without_decoding(photo_folder, monkeypatch
     monkeypatch.setattr(cache_module, "load_fitted", lambda *a, **k: decodes.append(a[0]) or original(*a, **k))
     cold = all_batches(loader, epoch=0)
     assert len(decodes) == 12
+    images.cache.wait()
     assert images.cache.final_path.exists() and not images.cache.partial_path.exists()
     warm = all_batches(loader, epoch=0)
     assert len(decodes) == 12  # nothing decoded again
@@ -48,6 +49,7 @@ def test_workers_fill_the_same_cache(photo_folder):
     images = FittedImages(collection, data)
     loader = ImageLoader(images, images.positions_of(collection.train), batch_size=4, workers=2)
     cold = all_batches(loader, epoch=3)
+    images.cache.wait()
     assert images.cache.final_path.exists()
     warm = all_batches(loader, epoch=3)
     assert [b.positions.tolist() for b in cold] == [b.positions.tolist() for b in warm]
@@ -62,6 +64,7 @@ def test_cache_rebuilt_when_a_source_file_changes(photo_folder):
     images = FittedImages(collection, data)
     loader = ImageLoader(images, images.positions_of(collection.train), batch_size=12, shuffle=False)
     before = all_batches(loader)[0].pixels
+    images.cache.wait()
     old_file = images.cache.final_path
     target = collection.metadata.file(collection.selected[0])
     Image.new("RGB", Image.open(target).size, (0, 255, 0)).save(target, "JPEG")
@@ -71,6 +74,7 @@ def test_cache_rebuilt_when_a_source_file_changes(photo_folder):
     images = FittedImages(collection, data)
     assert images.cache.final_path != old_file
     after = all_batches(ImageLoader(images, images.positions_of(collection.train), batch_size=12, shuffle=False))[0].pixels
+    images.cache.wait()
     assert not old_file.exists()  # the stale cache of this collection is removed
     top, left, h, w = images.cache.read(0)[1]
     centre = after[0, top + h // 2, left + w // 2].tolist()
@@ -113,6 +117,8 @@ def test_a_build_killed_midway_resumes_and_drops_torn_slots(photo_folder, isolat
         if cache.read(slot) is None:
             cache.fill(slot)
     assert cache.finalize()
+    cache.wait()
+    assert cache.final_path.exists()
     reference = FittedImages(collection, data, use_cache=False)
     for slot in range(12):
         assert np.array_equal(cache.read(slot)[0], reference[slot][0])
@@ -235,3 +241,20 @@ def test_standardize_ignores_padding():
     mask[..., 2:, :] = 1
     out = scale_pixels(x, mask, "standardize")
     assert out.mean.item() == pytest.approx(100.0)
+
+
+def test_reused_batch_buffers_never_overwrite_batches_still_held(photo_folder):
+    data = config_for(photo_folder).data
+    collection = load_collection(data)
+    images = FittedImages(collection, data)
+    loader = ImageLoader(images, images.positions_of(collection.train), batch_size=2, shuffle=False)
+    list(loader.batches(0))  # builds the cache
+    held = list(loader.batches(0))  # every batch kept: no buffer may be reused
+    assert len({b.pixels.data_ptr() for b in held}) == len(held)
+    expected = FittedImages(collection, data, use_cache=False)
+    for batch in held:
+        for row, position in enumerate(batch.positions.tolist()):
+            assert np.array_equal(batch.pixels[row].numpy(), expected[position][0])
+    del held, batch
+    pointers = {b.pixels.data_ptr() for b in loader.batches(0)}  # each dropped at once: reused
+    assert pointers <= {buffer.data_ptr() for buffer in loader._ring} and len(pointers) <= 2

@@ -7,6 +7,7 @@ turns them into floats on the training device: four times less to copy and pin.
 
 from __future__ import annotations
 
+import sys
 import warnings
 from dataclasses import dataclass, field
 from typing import Iterator, Optional
@@ -120,6 +121,7 @@ class ImageLoader:
     workers: int = 0
     pin_memory: bool = False
     skipped: dict[int, Skip] = field(default_factory=dict)
+    _ring: list[torch.Tensor] = field(default_factory=list, repr=False)
 
     def batches_per_epoch(self) -> int:
         return len(epoch_order(len(self.positions), self.batch_size, 0, 0, False, self.drop_last))
@@ -147,10 +149,25 @@ class ImageLoader:
                 yield self._gather(positions[usable], torch.from_numpy(rows[usable, 2:6].copy()))
 
     def _gather(self, positions: np.ndarray, boxes: torch.Tensor) -> Batch:
-        pixels = torch.from_numpy(self.images.cache.gather(positions))
-        if self.pin_memory:
-            pixels = pixels.pin_memory()
+        pixels = self._buffer(len(positions))
+        self.images.cache.gather(positions, pixels.numpy())
         return Batch(pixels, boxes, torch.from_numpy(positions.astype(np.int64)))
+
+    def _buffer(self, count: int) -> torch.Tensor:
+        """A batch buffer that nobody else holds any more, or a new one.
+
+        Buffers are reused only when the ring is their sole owner (by reference count), so a
+        caller that keeps batches around never sees one overwritten."""
+        height, width = self.images.data.size
+        shape = (count, height, width, 3)
+        for buffer in self._ring:
+            # 3 references: the ring, this loop's variable and getrefcount's own argument
+            if sys.getrefcount(buffer) == 3 and buffer.shape == shape:
+                return buffer
+        buffer = torch.empty(shape, dtype=torch.uint8, pin_memory=self.pin_memory)
+        if count == self.batch_size and len(self._ring) < 4:
+            self._ring.append(buffer)
+        return buffer
 
     def _decoding(self, plan: list[np.ndarray]) -> Iterator[Batch]:
         loader = DataLoader(
