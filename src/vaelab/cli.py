@@ -171,6 +171,39 @@ def data_preview(config_path: Optional[Path], overrides: tuple[str, ...], out: P
 
 
 # --------------------------------------------------------------------------------------------
+# vaelab compare
+# --------------------------------------------------------------------------------------------
+
+
+@cli.command("compare")
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--threshold", "thresholds", multiple=True, metavar="KEY=VALUE",
+              help="First epoch and wall time at which KEY crosses VALUE, e.g. val_recon=1e5 (losses: <=, "
+                   "psnr/ssim: >=; write KEY<=VALUE or KEY>=VALUE to choose). Repeatable.")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Folder for PNG plots of the metrics by epoch and by wall time [default: no plots].")
+@click.option("--metric", "metrics", multiple=True, metavar="KEY",
+              help="Metric to plot and test between groups. Repeatable [default: val_loss, val_recon, val_psnr].")
+@click.option("--at-epoch", type=int, default=None,
+              help="Epoch at which groups are compared [default: the last epoch every run reached].")
+@click.option("--log", "log_scale", is_flag=True, help="Log scale for the plots' y axis.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object: runs, thresholds, groups, tests.")
+def compare(run_dirs: tuple[Path, ...], thresholds: tuple[str, ...], out: Optional[Path], metrics: tuple[str, ...],
+            at_epoch: Optional[int], log_scale: bool, as_json: bool) -> None:
+    """Compare run folders: losses, PSNR, wall time; who crosses a threshold first; seeds.
+
+    Each run is labelled by how its config differs from the others' (e.g. train.lr=1e-4).
+    Runs that differ only by train.seed form a group, shown as mean and 95% CI, and each
+    group is tested against the baseline group (Welch's t-test) at --at-epoch.
+    """
+    from vaelab.experiments.compare import compare_command
+
+    result = compare_command(list(run_dirs), list(thresholds), out, as_json, list(metrics), at_epoch, log_scale)
+    if as_json:
+        click.echo(json.dumps(result, allow_nan=False))
+
+
+# --------------------------------------------------------------------------------------------
 # entry point
 # --------------------------------------------------------------------------------------------
 

@@ -1,0 +1,597 @@
+"""`vaelab compare`: read run folders, label them by their config differences, and answer the
+journal's questions: who crosses a threshold first and by how much, and whether a difference
+between groups of seeds is real.
+
+A run folder only needs `config.yaml` and `metrics.jsonl` (one JSON object per epoch with
+`epoch` and `time_s`); nothing else about the trainer is assumed, so runs from older versions
+and runs still in progress can be compared. The flow:
+
+    load_runs -> label_runs -> per-run summary + thresholds -> groups + Welch tests -> plots
+
+`compare_runs` builds the result (a JSON-ready dict) and `compare_command` also prints it and
+writes the plots; the CLI calls the latter.
+
+images/s is only reported when metrics.jsonl has `train_images` (or `images`): the number of
+training images seen in that epoch. It is then the sum over epochs divided by the final
+time_s, so it includes validation and logging time: the throughput a user pays for. Without
+those keys it is null rather than an estimate from step × batch_size, which overcounts
+partial and skipped batches.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import math
+import re
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import yaml
+
+from vaelab.errors import VaelabError
+from vaelab.experiments import stats
+from vaelab.experiments.stats import format_number
+
+DEFAULT_METRICS = ("val_loss", "val_recon", "val_psnr")
+# Config keys that never identify an experiment: bookkeeping (the whole run section), where
+# data is cached, how many workers decode it, the planned length (a resume may extend it and
+# the trajectory does not depend on it), and the seed, which instead makes runs replicates.
+IGNORED_PREFIXES = ("run.",)
+IGNORED_KEYS = frozenset({"train.seed", "train.epochs", "data.cache_dir", "data.workers", "data.cache"})
+# Resolved configs hold absolute paths; the same data set checked out in two places must not
+# count as a difference, so these are compared (and shown) by their last two path parts.
+PATH_KEYS = frozenset({"data.images", "data.metadata"})
+UNSET = "<unset>"  # a key that a run's config lacks (e.g. written by an older vaelab)
+BASELINE = "baseline"
+
+
+@dataclass
+class RunRecord:
+    """One run folder as compare sees it: its config as a plain dict and its epoch records."""
+
+    folder: Path
+    config: dict
+    metrics: list[dict]  # one dict per epoch, sorted by epoch, non-finite numbers as None
+    skipped_lines: int = 0  # unparsable lines (e.g. the last one of a killed run)
+
+    @property
+    def name(self) -> str:
+        return self.folder.name or str(self.folder)
+
+    @property
+    def seed(self) -> Any:
+        return (self.config.get("train") or {}).get("seed")
+
+    @property
+    def last_epoch(self) -> int:
+        return self.metrics[-1]["epoch"]
+
+    def value_at(self, key: str, epoch: int) -> Optional[float]:
+        for record in self.metrics:
+            if record["epoch"] == epoch:
+                return number(record.get(key))
+        return None
+
+    def points(self, key: str) -> list[tuple[int, Optional[float], float]]:
+        """(epoch, time_s, value) for every epoch where `key` has a number."""
+        return [(m["epoch"], number(m.get("time_s")), number(m.get(key)))
+                for m in self.metrics if number(m.get(key)) is not None]
+
+
+def number(value: Any) -> Optional[float]:
+    """A finite int or float as float, anything else (None, NaN, text, bool) as None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+# --------------------------------------------------------------------------------------------
+# loading
+# --------------------------------------------------------------------------------------------
+
+
+def load_runs(paths: Sequence[Path | str]) -> list[RunRecord]:
+    """Read run folders in the given order; the same folder given twice is read once."""
+    if not paths:
+        raise VaelabError("compare: no run folders given; pass one or more, e.g. vaelab compare runs/*")
+    records, seen = [], set()
+    for given in paths:
+        folder = Path(given)
+        if folder.resolve() in seen:
+            continue
+        seen.add(folder.resolve())
+        records.append(load_run(folder))
+    return records
+
+
+def load_run(folder: Path) -> RunRecord:
+    if not folder.is_dir():
+        raise VaelabError(f"{folder}: not a folder; pass run folders such as runs/2026-11-26_21h33m47s")
+    missing = [name for name in ("config.yaml", "metrics.jsonl") if not (folder / name).is_file()]
+    if missing:
+        has_runs = any((child / "metrics.jsonl").is_file() for child in folder.iterdir() if child.is_dir())
+        if has_runs:
+            hint = f"it holds run folders: pass them instead, e.g. {folder}/*"
+        elif missing == ["metrics.jsonl"]:
+            hint = "the run has no finished epoch yet: wait for its first epoch or leave it out"
+        else:
+            hint = "pass a folder written by vaelab train"
+        raise VaelabError(f"{folder}: no {' and no '.join(missing)}; {hint}")
+    try:
+        config = yaml.safe_load((folder / "config.yaml").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+        raise VaelabError(f"{folder / 'config.yaml'}: cannot read it ({type(error).__name__}); "
+                          "restore it from the run's source/ snapshot or leave the run out") from None
+    if not isinstance(config, dict):
+        raise VaelabError(f"{folder / 'config.yaml'}: not a config mapping; leave the run out")
+    metrics, skipped = read_metrics(folder / "metrics.jsonl")
+    if not metrics:
+        raise VaelabError(f"{folder}: metrics.jsonl has no finished epoch yet; "
+                          "wait for the first epoch or leave the run out")
+    return RunRecord(folder, config, metrics, skipped)
+
+
+def read_metrics(path: Path) -> tuple[list[dict], int]:
+    """Epoch records sorted by epoch, and the number of lines skipped as unparsable.
+
+    A killed run can leave a half-written last line; any line that is not a JSON object with a
+    positive integer `epoch` is skipped and counted. If an epoch appears twice (a resume that
+    did not trim), the later line wins, as it is the one the run continued from.
+    """
+    by_epoch: dict[int, dict] = {}
+    skipped = 0
+    try:
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError as error:
+        raise VaelabError(f"{path}: cannot read it ({error.strerror})") from None
+    for line in lines:
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            skipped += 1
+            continue
+        epoch = record.get("epoch") if isinstance(record, dict) else None
+        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 1:
+            skipped += 1
+            continue
+        # Python's json writes NaN/Infinity; they are not values a comparison can use.
+        by_epoch[epoch] = {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+                           for k, v in record.items()}
+    return [by_epoch[e] for e in sorted(by_epoch)], skipped
+
+
+# --------------------------------------------------------------------------------------------
+# labels: how each run's config differs from the others
+# --------------------------------------------------------------------------------------------
+
+
+def flatten(config: dict, prefix: str = "") -> dict[str, Any]:
+    """Nested sections to dotted keys; lists of mappings (model.conv) by index: model.conv.0.kernel."""
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{dotted}."))
+        elif isinstance(value, list) and value and all(isinstance(item, dict) for item in value):
+            for index, item in enumerate(value):
+                out.update(flatten(item, f"{dotted}.{index}."))
+        else:
+            out[dotted] = value
+    return out
+
+
+def identifying(config: dict) -> dict[str, Any]:
+    """The flattened keys that can tell experiments apart, path keys shortened."""
+    flat = {}
+    for key, value in flatten(config).items():
+        if key in IGNORED_KEYS or key.startswith(IGNORED_PREFIXES):
+            continue
+        if key in PATH_KEYS and isinstance(value, str):
+            value = "/".join(Path(value).parts[-2:])
+        flat[key] = value
+    return flat
+
+
+def canonical(value: Any) -> str:
+    """Exact, type-insensitive comparison form: 1 and 1.0 are equal, 1e-4 and 1.0001e-4 are not."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return repr(float(value))
+    return json.dumps(value, sort_keys=True)
+
+
+def format_value(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (int, float)):
+        return format_number(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(format_value(item) for item in value) + "]"
+    return str(value)
+
+
+def label_runs(records: Sequence[RunRecord]) -> tuple[list[str], list[str]]:
+    """A label per run and the config keys that differ between runs.
+
+    A run's label lists the differing keys where it does not have the most common value,
+    e.g. `train.lr=1e-4`; a run with the most common value everywhere is `baseline`. "Most
+    common" counts each distinct config once, so giving a variant more seeds does not make it
+    the baseline; ties go to the run given first. Runs that differ only in ignored keys
+    (seed, run.*, caches) get the same label and form a group of replicates.
+    """
+    idents = [identifying(r.config) for r in records]
+    keys = list(dict.fromkeys(key for ident in idents for key in ident))  # config order
+    forms = [{key: canonical(ident[key]) if key in ident else UNSET for key in keys} for ident in idents]
+    differing = [key for key in keys if len({form[key] for form in forms}) > 1]
+    distinct = list(dict.fromkeys(tuple(form[key] for key in differing) for form in forms))
+    mode = {key: Counter(config[i] for config in distinct).most_common(1)[0][0]
+            for i, key in enumerate(differing)}
+    labels = []
+    for record, ident, form in zip(records, idents, forms):
+        items = [(key, format_value(ident[key]) if key in ident else "unset")
+                 for key in differing if form[key] != mode[key]]
+        items = merge_list_items(items, record.config)
+        labels.append(", ".join(f"{key}={value}" for key, value in items) or BASELINE)
+    return labels, differing
+
+
+_LIST_ITEM = re.compile(r"^(?P<list>.+?)\.(?P<index>\d+)\.(?P<field>.+)$")
+
+
+def merge_list_items(items: list[tuple[str, str]], config: dict) -> list[tuple[str, str]]:
+    """`model.conv.0.kernel=5, model.conv.1.kernel=5, model.conv.2.kernel=5` -> `model.conv.*.kernel=5`
+    when every layer of this run has the same differing value; otherwise keep them apart."""
+    groups: dict[tuple[str, str], list[tuple[int, str]]] = {}
+    for key, value in items:
+        match = _LIST_ITEM.match(key)
+        if match:
+            groups.setdefault((match["list"], match["field"]), []).append((int(match["index"]), value))
+    merged, done = [], set()
+    for key, value in items:
+        match = _LIST_ITEM.match(key)
+        if not match:
+            merged.append((key, value))
+            continue
+        group_key = (match["list"], match["field"])
+        members = groups[group_key]
+        length = len(lookup(config, match["list"]) or [])
+        if len(members) >= 2 and sorted(i for i, _ in members) == list(range(length)) \
+                and len({v for _, v in members}) == 1:
+            if group_key not in done:
+                merged.append((f"{group_key[0]}.*.{group_key[1]}", value))
+                done.add(group_key)
+        else:
+            merged.append((key, value))
+    return merged
+
+
+def lookup(config: dict, dotted: str) -> Any:
+    node: Any = config
+    for part in dotted.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
+
+
+# --------------------------------------------------------------------------------------------
+# per-run table and thresholds
+# --------------------------------------------------------------------------------------------
+
+
+def summarize(record: RunRecord) -> dict:
+    """The table values of one run. best_val_loss is the minimum val_loss, with its epoch."""
+    last = record.metrics[-1]
+    val = record.points("val_loss")
+    best_val = min(val, key=lambda p: p[2]) if val else None
+    train = record.points("train_loss")
+    time_s = number(last.get("time_s"))
+    counts = [number(m.get("train_images", m.get("images"))) for m in record.metrics]
+    images_per_s = None
+    if time_s and all(c is not None for c in counts):
+        images_per_s = sum(counts) / time_s
+    return {
+        "epochs": record.last_epoch,
+        "time_s": time_s,
+        "final_train_loss": number(last.get("train_loss")),
+        "best_train_loss": min(p[2] for p in train) if train else None,
+        "final_val_loss": number(last.get("val_loss")),
+        "best_val_loss": best_val[2] if best_val else None,
+        "best_epoch": best_val[0] if best_val else None,
+        "final_val_psnr": number(last.get("val_psnr")),
+        "images_per_s": images_per_s,
+    }
+
+
+@dataclass(frozen=True)
+class Threshold:
+    key: str
+    value: float
+    direction: str  # "<=" or ">="
+
+
+_THRESHOLD = re.compile(r"^\s*(?P<key>[^<>=\s]+)\s*(?P<op><=|>=|=)\s*(?P<value>\S+)\s*$")
+
+
+def parse_threshold(text: str) -> Threshold:
+    """`val_recon=1e5` -> crossing means <= for losses, >= for PSNR-like keys (see
+    `stats.higher_is_better`); `KEY<=VALUE` or `KEY>=VALUE` states the direction explicitly."""
+    match = _THRESHOLD.match(text)
+    if not match:
+        raise VaelabError(f"--threshold {text!r}: expected KEY=VALUE, e.g. --threshold val_recon=1e5")
+    try:
+        value = float(match["value"])
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise VaelabError(f"--threshold {text!r}: {match['value']!r} is not a finite number, e.g. 1e5 or 28.5")
+    op = match["op"]
+    if op == "=":
+        op = ">=" if stats.higher_is_better(match["key"]) else "<="
+    return Threshold(match["key"], value, op)
+
+
+def check_keys(keys: Sequence[str], known: set[str], flag: str) -> None:
+    for key in keys:
+        if key not in known:
+            close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.5)
+            hint = f"did you mean '{close[0]}'?" if close else f"known: {', '.join(sorted(known))}"
+            raise VaelabError(f"{flag} {key!r}: not a key of any run's metrics.jsonl; {hint}")
+
+
+def threshold_results(records: Sequence[RunRecord], threshold: Threshold) -> tuple[list[Optional[dict]], dict]:
+    """Per run {"epoch", "time_s", "ahead"} (or None: never crosses) and a summary naming the best."""
+    crossings = [stats.first_crossing(r.points(threshold.key), threshold.value, threshold.direction)
+                 for r in records]
+    best, leads = stats.ahead(crossings)
+    per_run: list[Optional[dict]] = []
+    for crossing, lead in zip(crossings, leads):
+        if crossing is None:
+            per_run.append(None)
+            continue
+        if lead is not None:
+            lead = {"of": str(records[lead["of"]].folder), "epochs": lead["epochs"], "minutes": lead["minutes"]}
+        per_run.append({**crossing, "ahead": lead})
+    summary = {"key": threshold.key, "value": threshold.value, "direction": threshold.direction,
+               "best_run": str(records[best].folder) if best is not None else None,
+               "never_crossed": [str(r.folder) for r, c in zip(records, crossings) if c is None]}
+    return per_run, summary
+
+
+# --------------------------------------------------------------------------------------------
+# groups of seeds and the tests between them
+# --------------------------------------------------------------------------------------------
+
+
+def group_indices(labels: Sequence[str]) -> dict[str, list[int]]:
+    groups: dict[str, list[int]] = {}
+    for index, label in enumerate(labels):
+        groups.setdefault(label, []).append(index)
+    return groups
+
+
+def curve(records: Sequence[RunRecord], members: Sequence[int], metric: str) -> list[dict]:
+    """Per epoch: mean and 95% CI of `metric` over the group's runs, and their mean time_s."""
+    return stats.curve_stats([records[i].points(metric) for i in members])
+
+
+def group_tests(records: Sequence[RunRecord], groups: dict[str, list[int]], metric: str,
+                epoch: int) -> list[dict]:
+    """Every group against the baseline group (else the best group) on `metric` at `epoch`."""
+    values = {label: [v for v in (records[i].value_at(metric, epoch) for i in members) if v is not None]
+              for label, members in groups.items()}
+    hib = stats.higher_is_better(metric)
+    return [{"metric": metric, "epoch": epoch, "higher_is_better": hib, **test}
+            for test in stats.compare_to_reference(values, hib, BASELINE)]
+
+
+# --------------------------------------------------------------------------------------------
+# the whole comparison
+# --------------------------------------------------------------------------------------------
+
+
+def compare_runs(run_dirs: Sequence[Path | str], thresholds: Sequence[str] = (), metrics: Sequence[str] = (),
+                 at_epoch: Optional[int] = None) -> dict:
+    """Load the runs and compute everything `vaelab compare` shows, as a JSON-ready dict."""
+    return compare_records(load_runs(run_dirs), thresholds, metrics, at_epoch)
+
+
+def compare_records(records: Sequence[RunRecord], thresholds: Sequence[str] = (), metrics: Sequence[str] = (),
+                    at_epoch: Optional[int] = None) -> dict:
+    parsed = [parse_threshold(text) for text in thresholds]
+    known = {key for r in records for m in r.metrics for key in m}
+    check_keys([t.key for t in parsed], known, "--threshold")
+    check_keys(list(metrics), known, "--metric")
+    chosen = list(dict.fromkeys(metrics)) or [m for m in DEFAULT_METRICS if m in known] or ["train_loss"]
+    notes = [f"{r.folder}: skipped {r.skipped_lines} unparsable line(s) in metrics.jsonl"
+             for r in records if r.skipped_lines]
+
+    common = min(r.last_epoch for r in records)
+    epoch = common if at_epoch is None else at_epoch
+    if not 1 <= epoch <= max(r.last_epoch for r in records):
+        raise VaelabError(f"--at-epoch {epoch}: no run has that epoch; choose one from 1 to "
+                          f"{max(r.last_epoch for r in records)} (every run reached {common})")
+    if epoch > common:
+        short = [r.name for r in records if r.last_epoch < epoch]
+        notes.append(f"at epoch {epoch}: left out of the tests, as they stop earlier: {', '.join(short)}")
+
+    labels, differing = label_runs(records)
+    runs = [{"run": str(r.folder), "name": r.name, "label": label, "seed": r.seed, **summarize(r)}
+            for r, label in zip(records, labels)]
+    summaries = []
+    for position, threshold in enumerate(parsed):
+        per_run, summary = threshold_results(records, threshold)
+        summaries.append(summary)
+        for entry, result in zip(runs, per_run):
+            entry.setdefault("thresholds", []).append(result)
+            if position == 0:
+                entry["threshold"] = None if result is None else {"epoch": result["epoch"], "time_s": result["time_s"]}
+                entry["ahead"] = None if result is None else result["ahead"]
+    for entry in runs:
+        entry.setdefault("threshold", None)
+        entry.setdefault("thresholds", [])
+
+    groups_by_label = group_indices(labels)
+    groups = []
+    for label, members in groups_by_label.items():
+        seeds = [records[i].seed for i in members]
+        if len(set(map(repr, seeds))) < len(seeds):
+            notes.append(f"group {label!r} has runs with the same seed; they are not independent samples")
+        at = {}
+        for metric in chosen:
+            values = [v for v in (records[i].value_at(metric, epoch) for i in members) if v is not None]
+            at[metric] = {**stats.mean_ci(values), "values": values}
+        groups.append({"label": label, "runs": [str(records[i].folder) for i in members], "seeds": seeds,
+                       "n": len(members), "at_epoch": at,
+                       "curves": {metric: curve(records, members, metric) for metric in chosen}})
+    tests = [test for metric in chosen for test in group_tests(records, groups_by_label, metric, epoch)]
+    if len(groups) == 1:
+        notes.append("all runs have the same config apart from ignored keys (seed, run.*): one group, no tests")
+    elif tests and all(t["verdict"] == "not assessable" for t in tests) and all(g["n"] < 2 for g in groups):
+        notes.append("one run per group (n=1): differences are shown but their significance cannot be "
+                     "assessed; run each config with 3 or more seeds (train.seed)")
+    unit_keys = [k for k in differing if k in ("loss.reconstruction", "loss.sigma", "data.size", "data.scale")]
+    if unit_keys:
+        notes.append(f"the runs differ in {', '.join(unit_keys)}, so their losses are not in the same unit; "
+                     "compare val_psnr (or val_mse) across them")
+    for metric in chosen:
+        if not any(r.points(metric) for r in records):
+            notes.append(f"{metric}: no run has a value for it (no validation split?)")
+    return {"runs": runs, "differing_keys": differing, "metrics": chosen, "at_epoch": epoch,
+            "thresholds": summaries, "groups": groups, "tests": tests,
+            "method": {"test": stats.METHOD, "alpha": stats.ALPHA, "confidence": stats.CONFIDENCE},
+            "plots": [], "notes": notes}
+
+
+def compare_command(run_dirs: Sequence[Path | str], thresholds: list[str], out: Optional[Path], as_json: bool,
+                    metrics: list[str], at_epoch: Optional[int], log_scale: bool) -> dict:
+    """What `vaelab compare` does: compute, plot under `out` when given, print unless `as_json`.
+
+    Returns the result dict; in JSON mode the caller prints it (nothing else goes to stdout).
+    """
+    records = load_runs(run_dirs)
+    result = compare_records(records, thresholds, metrics, at_epoch)
+    if out is not None:
+        from vaelab.experiments.plots import plot_comparison
+
+        by_label = group_indices([entry["label"] for entry in result["runs"]])
+        series = [{"label": group["label"], "curves": group["curves"],
+                   "runs": [{"name": records[i].name,
+                             "points": {m: records[i].points(m) for m in result["metrics"]}}
+                            for i in by_label[group["label"]]]}
+                  for group in result["groups"]]
+        lines = [(t["key"], t["value"]) for t in result["thresholds"]]
+        paths, notes = plot_comparison(series, result["metrics"], Path(out), log_scale, lines)
+        result["plots"] = [str(path) for path in paths]
+        result["notes"].extend(notes)
+    if not as_json:
+        print_report(result)
+    return result
+
+
+# --------------------------------------------------------------------------------------------
+# human output
+# --------------------------------------------------------------------------------------------
+
+
+def format_duration(seconds: Optional[float]) -> str:
+    if seconds is None:
+        return "—"
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.1f} min"
+    return f"{int(seconds // 3600)} h {int(seconds % 3600 // 60):02d} min"
+
+
+def describe_lead(lead: Optional[dict], who: dict[str, str]) -> str:
+    if lead is None:
+        return "—"
+    epochs, minutes = lead["epochs"], lead["minutes"]
+    word = "ahead of" if (epochs, minutes or 0) > (0, 0) else "behind"
+    if epochs == 0 and not minutes:
+        word = "level with"
+    time = f" / {abs(minutes):.1f} min" if minutes is not None else ""
+    return f"{abs(epochs)} epoch{'s' if abs(epochs) != 1 else ''}{time} {word} {who[lead['of']]}"
+
+
+def table(title: str, columns: Sequence[str], rows: Sequence[Sequence[str]], left: int = 2, caption=None):
+    """A rich table whose first `left` columns are names (folded, never squeezed to '…' on a
+    narrow terminal) and the rest right-aligned values; a final "lead" column is text."""
+    from rich.table import Table
+    from rich.text import Text
+
+    out = Table(title=title, title_justify="left", caption=caption, caption_justify="left")
+    for index, column in enumerate(columns):
+        name = index < left
+        out.add_column(column, justify="left" if name or column == "lead" else "right",
+                       min_width=8 if name else None, overflow="fold" if name else "ellipsis")
+    for row in rows:
+        out.add_row(*(Text(cell) for cell in row))  # Text: a label like data.size=[128,128] is not markup
+    return out
+
+
+def print_report(result: dict, console=None) -> None:
+    """The human view of a `compare_records` result: runs, thresholds, groups, tests, notes."""
+    from rich.console import Console
+
+    if console is None:
+        console = Console()
+        if not console.is_terminal:  # a file or pipe has no width to fit: don't wrap at 80
+            console = Console(width=200)
+    f = format_number
+    runs = result["runs"]
+    columns = ["run", "label", "seed", "epochs", "time", "train", "train best", "val", "val best (epoch)",
+               "PSNR", "images/s"]
+    rows = [[e["name"], e["label"], str(e["seed"]), str(e["epochs"]), format_duration(e["time_s"]),
+             f(e["final_train_loss"]), f(e["best_train_loss"]), f(e["final_val_loss"]),
+             f"{f(e['best_val_loss'])} ({e['best_epoch']})" if e["best_epoch"] else "—",
+             f(e["final_val_psnr"]), f(e["images_per_s"])] for e in runs]
+    # Columns that say nothing here (one seed for all, no image counts logged) only cost width.
+    keep = [i for i, c in enumerate(columns) if not (c == "seed" and len({r[i] for r in rows}) == 1)
+            and not (c == "images/s" and all(r[i] == "—" for r in rows))]
+    console.print(table("runs (final values; best = lowest)", [columns[i] for i in keep],
+                        [[r[i] for i in keep] for r in rows]))
+    plain = {"markup": False, "highlight": False}
+    console.print("labelled by the config keys that differ: "
+                  + (", ".join(result["differing_keys"]) or "none (the runs differ only by seed or bookkeeping)"), **plain)
+
+    # Name the run a lead is measured against by its label when that is unambiguous.
+    counts = Counter(e["label"] for e in runs)
+    who = {e["run"]: e["label"] if counts[e["label"]] == 1 else e["name"] for e in runs}
+    for position, s in enumerate(result["thresholds"]):
+        rows = [[e["name"], e["label"], "never", "—", "—"] if e["thresholds"][position] is None else
+                [e["name"], e["label"], str(e["thresholds"][position]["epoch"]),
+                 format_duration(e["thresholds"][position]["time_s"]),
+                 describe_lead(e["thresholds"][position]["ahead"], who)] for e in runs]
+        console.print(table(f"first epoch where {s['key']} {s['direction']} {f(s['value'])}",
+                            ["run", "label", "epoch", "time", "lead"], rows))
+
+    groups = result["groups"]
+    if len(groups) > 1 or any(g["n"] > 1 for g in groups):
+        def cell(s: dict) -> str:
+            return f(s["mean"]) + (f" [{f(s['ci_low'])}, {f(s['ci_high'])}]" if s["ci_low"] is not None else "")
+
+        rows = [[g["label"], str(g["n"]), *(cell(g["at_epoch"][m]) for m in result["metrics"])] for g in groups]
+        console.print(table(f"groups at epoch {result['at_epoch']}: mean [95% CI]", ["group", "n", *result["metrics"]],
+                            rows, left=1))
+    if result["tests"]:
+        rows = [[t["metric"], t["group"], t["reference"], f(t["delta"]),
+                 f"{f(t['ci_low'])} .. {f(t['ci_high'])}" if t["ci_low"] is not None else "—",
+                 f"{t['p']:.3g}" if t["p"] is not None else "—",
+                 t["verdict"] if t["p"] is not None else "not assessable "
+                 + (f"(n={min(t['n_a'], t['n_b'])})" if min(t["n_a"], t["n_b"]) < 2 else "(no spread)")]
+                for t in result["tests"]]
+        caption = ("Δ = group - reference; 95% CI with Welch–Satterthwaite df; "
+                   "p-values are not corrected for testing several metrics")
+        console.print(table(f"{stats.METHOD} at epoch {result['at_epoch']}, alpha {stats.ALPHA}",
+                            ["metric", "group", "reference", "Δ", "95% CI", "p", "verdict"], rows, left=3,
+                            caption=caption))
+    for path in result["plots"]:
+        console.print(f"wrote {path}", **plain)
+    for note in result["notes"]:
+        console.print(f"note: {note}", style="yellow", **plain)
