@@ -171,6 +171,29 @@ def data_preview(config_path: Optional[Path], overrides: tuple[str, ...], out: P
 
 
 # --------------------------------------------------------------------------------------------
+# vaelab train
+# --------------------------------------------------------------------------------------------
+
+
+@cli.command("train")
+@CONFIG_OPTION
+@SET_OPTION
+@click.option("--resume", default=None, metavar="RUN_DIR|auto",
+              help="Continue a stopped run in its own folder, or 'auto': the newest unfinished run with the "
+                   "same config under run.root, else a new run (for preemptible jobs).")
+def train(config_path: Optional[Path], overrides: tuple[str, ...], resume: Optional[str]) -> None:
+    """Train a VAE. Without -c: the embedded default, the built-in figure set at 64 px.
+
+    Every run gets its own folder under run.root (printed at start and end) with the resolved
+    config, a source snapshot, env.json, metrics.jsonl, TensorBoard events, reconstruction and
+    sample grids, and checkpoints. Ctrl-C stops after writing a checkpoint; --resume continues.
+    """
+    from vaelab.runs import train_command
+
+    train_command(config_path, overrides, resume)
+
+
+# --------------------------------------------------------------------------------------------
 # vaelab compare
 # --------------------------------------------------------------------------------------------
 
@@ -201,6 +224,181 @@ def compare(run_dirs: tuple[Path, ...], thresholds: tuple[str, ...], out: Option
     result = compare_command(list(run_dirs), list(thresholds), out, as_json, list(metrics), at_epoch, log_scale)
     if as_json:
         click.echo(json.dumps(result, allow_nan=False))
+
+
+# --------------------------------------------------------------------------------------------
+# vaelab report
+# --------------------------------------------------------------------------------------------
+
+
+@cli.command("report")
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="HTML file to write [default: RUN_DIR/report.html for one run, ./report.html for several].")
+def report(run_dirs: tuple[Path, ...], out: Optional[Path]) -> None:
+    """One self-contained HTML page on a run or a comparison of runs, to open in a browser.
+
+    It shows the config and each run's differences from the baseline, a metrics table, loss
+    curves, reconstructions from the first to the last epoch, samples, and the latent
+    diagnostics of `vaelab evaluate`. Plots and images are inline, so the file can be mailed
+    or archived on its own.
+    """
+    from vaelab.experiments.report import report_command
+
+    click.echo(f"wrote {report_command(list(run_dirs), out)}")
+
+
+# --------------------------------------------------------------------------------------------
+# vaelab evaluate, and using a trained model
+# --------------------------------------------------------------------------------------------
+
+RUN_DIR_ARGUMENT = click.argument("run_dir", type=click.Path(path_type=Path))
+CHECKPOINT_OPTION = click.option(
+    "--checkpoint", default="best", show_default=True,
+    help="Weights to use: best, last, or a file name in RUN_DIR/checkpoints (e.g. epoch-0016.pt).",
+)
+DEVICE_OPTION = click.option(
+    "--device", default="auto", show_default=True, help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps.",
+)
+DATA_CONFIG_OPTION = click.option(
+    "-c", "--config", "config_path", type=click.Path(path_type=Path), default=None,
+    help="Use this config's data (images, metadata, filter, split) instead of the run's; images are "
+         "still fitted and scaled as the run was trained.",
+)
+DATA_SET_OPTION = click.option(
+    "--set", "overrides", multiple=True, metavar="KEY=VALUE",
+    help="Override a data key of the run's config (or of -c), e.g. --set data.filter.include=[sitting]. Repeatable.",
+)
+
+
+@cli.command("evaluate")
+@RUN_DIR_ARGUMENT
+@DATA_CONFIG_OPTION
+@DATA_SET_OPTION
+@click.option("--split", type=click.Choice(["val", "train", "all"]), default="val", show_default=True,
+              help="Which images of the data to evaluate.")
+@CHECKPOINT_OPTION
+@DEVICE_OPTION
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the table.")
+def evaluate_cmd(run_dir: Path, config_path: Optional[Path], overrides: tuple[str, ...], split: str,
+                 checkpoint: str, device: str, as_json: bool) -> None:
+    """Recon, KL and ELBO; MSE, PSNR and SSIM on real pixels; bits/dim where the likelihood is
+    calibrated; active units and KL per latent dimension. On the validation split, or on other
+    data with -c/--set. Written to RUN_DIR/evaluation.json (other data or split:
+    RUN_DIR/evaluation-<hash>.json)."""
+    from vaelab.experiments.evaluate import evaluate_command
+
+    result = evaluate_command(run_dir, config_path, overrides, checkpoint, split, device, as_json)
+    if as_json:
+        click.echo(json.dumps(result, allow_nan=False))
+
+
+@cli.command("reconstruct")
+@RUN_DIR_ARGUMENT
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True,
+              help="Folder for one <image name>.png per image.")
+@click.option("--full-size", is_flag=True, help="Show both halves at the original image's size, not the model's.")
+@CHECKPOINT_OPTION
+@DEVICE_OPTION
+def reconstruct_cmd(run_dir: Path, images: tuple[Path, ...], out_dir: Path, full_size: bool, checkpoint: str,
+                    device: str) -> None:
+    """Each image as the model sees it (fitted like the training images) beside its reconstruction
+    from the posterior mean, both cropped to the real content: a padded image keeps its aspect ratio."""
+    from vaelab.experiments.use import reconstruct
+
+    written = reconstruct(run_dir, images, out_dir, checkpoint, device, full_size)
+    click.echo(f"wrote {len(written)} reconstruction(s) to {out_dir}")
+
+
+@cli.command("sample")
+@RUN_DIR_ARGUMENT
+@click.option("-n", "--count", type=int, default=16, show_default=True, help="Number of samples.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Same seed, same samples.")
+@click.option("--columns", type=int, default=None, help="Grid columns [default: about the square root of N].")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="PNG file to write.")
+@CHECKPOINT_OPTION
+@DEVICE_OPTION
+def sample_cmd(run_dir: Path, count: int, seed: int, columns: Optional[int], out: Path, checkpoint: str,
+               device: str) -> None:
+    """A grid of images decoded from draws of the prior N(0, I)."""
+    from vaelab.experiments.use import sample
+
+    click.echo(f"wrote {sample(run_dir, out, count, seed, columns, checkpoint, device)}: {count} samples")
+
+
+@cli.command("interpolate")
+@RUN_DIR_ARGUMENT
+@click.argument("image_a", type=click.Path(path_type=Path))
+@click.argument("image_b", type=click.Path(path_type=Path))
+@click.option("--steps", type=int, default=8, show_default=True, help="Decoded images between and including the ends.")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="PNG file to write.")
+@CHECKPOINT_OPTION
+@DEVICE_OPTION
+def interpolate_cmd(run_dir: Path, image_a: Path, image_b: Path, steps: int, out: Path, checkpoint: str,
+                    device: str) -> None:
+    """A strip: IMAGE_A, then decodings along the straight line between the two posterior means, then IMAGE_B."""
+    from vaelab.experiments.use import interpolate
+
+    click.echo(f"wrote {interpolate(run_dir, image_a, image_b, out, steps, checkpoint, device)}")
+
+
+@cli.command("traverse")
+@RUN_DIR_ARGUMENT
+@click.option("--dims", type=int, default=8, show_default=True,
+              help="Rows: the latent dimensions with the most KL (from evaluation.json when there is one).")
+@click.option("--image", type=click.Path(path_type=Path), default=None,
+              help="Vary around this image's posterior mean [default: around 0].")
+@click.option("--range", "span", type=float, default=3.0, show_default=True, help="Each row goes from -R to +R.")
+@click.option("--steps", type=int, default=7, show_default=True, help="Columns.")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="PNG file to write.")
+@CHECKPOINT_OPTION
+@DEVICE_OPTION
+def traverse_cmd(run_dir: Path, dims: int, image: Optional[Path], span: float, steps: int, out: Path,
+                 checkpoint: str, device: str) -> None:
+    """A grid with one row per latent dimension, varied alone while the others stay fixed."""
+    from vaelab.experiments.use import traverse
+
+    result = traverse(run_dir, out, dims, image, span, steps, checkpoint, device)
+    click.echo(f"wrote {result['file']}: dimensions {', '.join(map(str, result['dims']))} "
+               f"(ranked by {result['ranked_by']})")
+
+
+@cli.command("encode")
+@RUN_DIR_ARGUMENT
+@DATA_CONFIG_OPTION
+@DATA_SET_OPTION
+@click.option("--split", type=click.Choice(["all", "val", "train"]), default="all", show_default=True,
+              help="Which images of the data to encode.")
+@click.option("--out", type=click.Path(path_type=Path), required=True,
+              help="Latents file to write (.npz: mu, logvar, ids, boxes, sizes; loads without pickle).")
+@CHECKPOINT_OPTION
+@DEVICE_OPTION
+def encode_cmd(run_dir: Path, config_path: Optional[Path], overrides: tuple[str, ...], split: str, out: Path,
+               checkpoint: str, device: str) -> None:
+    """Encode the run's images (or another config's) into a latents file with their ids."""
+    from vaelab.experiments.latents import encode
+
+    result = encode(run_dir, out, config_path, overrides, split, checkpoint, device)
+    click.echo(f"wrote {result['file']}: {result['images']} images x {result['latent']} latent dimensions")
+    if result["skipped"]:
+        _echo_err(f"skipped {result['skipped']} unreadable image(s)")
+
+
+@cli.command("decode")
+@RUN_DIR_ARGUMENT
+@click.argument("latents", type=click.Path(path_type=Path))
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True, help="Folder for one PNG per id.")
+@click.option("--model-size", is_flag=True, help="Keep the model's resolution (cropped to the content box).")
+@CHECKPOINT_OPTION
+@DEVICE_OPTION
+def decode_cmd(run_dir: Path, latents: Path, out_dir: Path, model_size: bool, checkpoint: str, device: str) -> None:
+    """Decode a latents file (from 'vaelab encode') into images, cropped back to each image's
+    aspect ratio and resized to its original size."""
+    from vaelab.experiments.latents import decode
+
+    written = decode(run_dir, latents, out_dir, checkpoint, device, full_size=not model_size)
+    click.echo(f"wrote {len(written)} image(s) to {out_dir}")
 
 
 # --------------------------------------------------------------------------------------------

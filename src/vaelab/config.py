@@ -148,19 +148,42 @@ class LossConfig(Section):
 
 
 class TrainConfig(Section):
+    """The optimisation. The defaults are configs/demo.yaml's, the embedded default run."""
+
     epochs: int = Field(20, ge=1)
-    batches_per_epoch: Optional[int] = Field(None, ge=1)
+    batches_per_epoch: Optional[int] = Field(None, ge=1, description="cap on batches per epoch; null = the whole train split")
     batch_size: int = Field(32, ge=1)
     lr: float = Field(1e-3, gt=0.0)
+    optimizer: Literal["adam", "adamw"] = "adam"
+    weight_decay: float = Field(0.0, ge=0.0)
+    grad_clip: Optional[float] = Field(None, gt=0.0, description="max gradient norm; null = no clipping")
     seed: int = 0
-    device: str = "auto"
+    device: str = Field("auto", description="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps")
+    amp: Literal["auto", "off", "bf16", "fp16"] = Field(
+        "auto", description="mixed precision on GPU; auto = bf16 where the GPU has it; always off on CPU"
+    )
+    val_batches: Optional[int] = Field(None, ge=1, description="cap on validation batches per epoch; null = all")
+    spike_factor: float = Field(
+        20.0, ge=0.0, description="guard: a loss or gradient norm this many mean deviations above its running mean is a spike; 0 = only non-finite values"
+    )
+    spike_warmup_steps: int = Field(20, ge=0, description="guard: good steps seen before spikes are judged")
+    rollback_after: int = Field(5, ge=1, description="guard: bad steps in a row that roll back to the last epoch's end")
+    rollback_lr_factor: float = Field(0.5, gt=0.0, le=1.0, description="guard: lr multiplier at each rollback")
+    max_rollbacks: int = Field(8, ge=0, description="guard: stop the run after this many rollbacks")
 
 
 class RunConfig(Section):
     root: Path = Path("runs")
     name: Optional[str] = None
-    checkpoint_every: int = Field(16, ge=1)
-    keep_checkpoints: int = Field(3, ge=1)
+    checkpoint_every: int = Field(16, ge=1, description="keep a numbered checkpoint every N epochs")
+    keep_checkpoints: int = Field(3, ge=1, description="numbered checkpoints kept; older ones are deleted")
+    checkpoint_steps: Optional[int] = Field(None, ge=1, description="also save 'last' every N steps mid-epoch")
+    checkpoint_minutes: Optional[float] = Field(
+        2.0, gt=0.0, description="also save 'last' mid-epoch when this long has passed since the last save"
+    )
+    min_free_gb: float = Field(1.0, ge=0.0, description="stop cleanly, with a warning, rather than leave less free disk")
+    tensorboard: bool = True
+    images: int = Field(8, ge=0, description="images in the reconstruction grid each epoch (samples: twice as many); 0 = none")
 
 
 class Config(Section):

@@ -1,0 +1,395 @@
+"""`vaelab evaluate`: how good a trained run is, on its validation split or on other data.
+
+Every number is a mean per image over the evaluated split unless said otherwise.
+
+- recon, kl, elbo: one z drawn per image from q(z|x) with the seed `train.seed`, exactly as the
+  trainer draws it for val_recon, so the ELBO is an honest one-sample estimate. `recon` is in
+  the loss's own unit (see `UNITS`), `kl` in nats summed over latent dimensions, elbo =
+  -(recon + kl) with beta = 1, and loss = recon + beta * kl (the trainer's val_loss).
+  For `gaussian` with sigma 'optimal' the sigma is the one that maximises the likelihood of the
+  whole split (not of each batch, as in training), so recon can differ slightly from val_recon.
+- mse, psnr, ssim: the posterior mean is decoded (decode(mu), no sampling), mapped back to
+  uint8 image pixels as they are shown, and compared with the input pixels in [0, 1]
+  (pixel / 255). Real pixels only: mse and psnr count the pixels inside each image's content
+  box, ssim is computed on the content box alone. psnr = 10 log10(1 / mse) over the whole
+  split (capped at 100 dB for a perfect match, as in training).
+- bits_per_dim: -ELBO in bits per real subpixel (pixel x channel), summed over the split and
+  divided by its real subpixels. Only where the decoder is a normalised density of the pixels:
+    gaussian: -ELBO is a density of the model-scale values y = a * pixel + b; as a density of
+      8-bit pixel values (bins of width 1) that adds log2(1/a) per subpixel:
+      bits/dim = -ELBO / (D ln 2) + log2(255) for data.scale unit, + log2(127.5) for symmetric.
+      standardize divides each image by its own std: no fixed change of variables, so null.
+    bce: Bernoulli cross-entropy in bits per subpixel, no correction. Exact for binary images;
+      for 8-bit photos it is not a likelihood of the pixels, so it does not compare with a
+      gaussian run's bits/dim (the note in the result says so).
+    mse_sum, l1: not a calibrated likelihood, null.
+- active_units: Burda et al. (2016): dimension d is active when Cov_x(E_q[z_d]) > 0.01, the
+  variance over the split's images of the posterior mean (unbiased, needs 2 images).
+- kl_per_dim: the KL of each latent dimension in nats, mean per image (sums to `kl`).
+
+`LatentStats` and `cheap_metrics` are what the trainer can afford every epoch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from pathlib import Path
+from typing import Optional, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from vaelab.config import Config, DataConfig, load_config
+from vaelab.data.collection import load_collection
+from vaelab.data.loader import FittedImages, ImageLoader
+from vaelab.data.scaling import box_masks, to_model_input, to_pixels
+from vaelab.errors import VaelabError
+from vaelab.losses import HALF_LOG_2PI, gaussian_log_sigma, kl_divergence, masked_sum, vae_loss
+
+EVALUATION_FILE = "evaluation.json"
+ACTIVE_THRESHOLD = 0.01  # Burda et al. 2016
+PSNR_CAP = 100.0  # dB for mse == 0, as the trainer's val_psnr
+SPLITS = ("val", "train", "all")
+# The model's input contract: evaluation data is always fitted and scaled as the run was trained.
+MODEL_INPUT_KEYS = ("size", "fit", "bbox_crop", "pad_value", "scale")
+
+UNITS = {
+    "mse_sum": "squared error in the model's pixel scale, averaged over channels, summed over real pixels",
+    "l1": "absolute error in the model's pixel scale, averaged over channels, summed over real pixels",
+    "bce": "binary cross-entropy (nats), averaged over channels, summed over real pixels",
+    "gaussian": "Gaussian negative log-likelihood (nats), summed over channels and real pixels",
+}
+
+
+# --------------------------------------------------------------------------------------------
+# latent statistics: cheap enough for every epoch
+# --------------------------------------------------------------------------------------------
+
+
+class LatentStats:
+    """Streaming per-dimension mean and variance of mu, and mean KL, over any number of batches.
+
+    The variance is merged batch by batch (Chan et al.) in float64, so it stays exact for a
+    split of any size; memory is three vectors of the latent size.
+    """
+
+    def __init__(self, latent: int):
+        self.count = 0
+        self.mean = torch.zeros(latent, dtype=torch.float64)
+        self.m2 = torch.zeros(latent, dtype=torch.float64)  # sum of squared deviations from the mean
+        self.kl_sum = torch.zeros(latent, dtype=torch.float64)
+
+    @torch.no_grad()
+    def update(self, mu: Tensor, logvar: Tensor) -> "LatentStats":
+        mu, logvar = mu.detach().double().cpu(), logvar.detach().double().cpu()
+        n = mu.shape[0]
+        if n == 0:
+            return self
+        batch_mean = mu.mean(0)
+        batch_m2 = ((mu - batch_mean) ** 2).sum(0)
+        total = self.count + n
+        delta = batch_mean - self.mean
+        self.mean += delta * (n / total)
+        self.m2 += batch_m2 + delta**2 * (self.count * n / total)
+        self.count = total
+        self.kl_sum += kl_divergence(mu, logvar).sum(0)
+        return self
+
+    def result(self, threshold: float = ACTIVE_THRESHOLD) -> dict:
+        """active_units (None under 2 images), kl_per_dim (nats, mean per image), mu_variance."""
+        if self.count == 0:
+            return {"active_units": None, "kl_per_dim": None, "mu_variance": None}
+        variance = self.m2 / (self.count - 1) if self.count > 1 else None
+        return {
+            "active_units": None if variance is None else int((variance > threshold).sum()),
+            "kl_per_dim": (self.kl_sum / self.count).tolist(),
+            "mu_variance": None if variance is None else variance.tolist(),
+        }
+
+
+def cheap_metrics(mu: Tensor, logvar: Tensor, threshold: float = ACTIVE_THRESHOLD) -> dict:
+    """Active units and KL per dimension of one batch of posteriors (see `LatentStats` to
+    accumulate them over a whole validation pass, which is what the trainer should log)."""
+    return LatentStats(mu.shape[1]).update(mu, logvar).result(threshold)
+
+
+# --------------------------------------------------------------------------------------------
+# SSIM
+# --------------------------------------------------------------------------------------------
+
+
+def gaussian_window(size: int = 11, sigma: float = 1.5) -> Tensor:
+    """The normalised 1-D Gaussian of `size` taps (float64)."""
+    x = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
+    g = torch.exp(-(x**2) / (2 * sigma**2))
+    return g / g.sum()
+
+
+def ssim(x: Tensor, y: Tensor, data_range: float = 1.0, window: int = 11, sigma: float = 1.5,
+         k1: float = 0.01, k2: float = 0.03) -> Tensor:
+    """SSIM (Wang et al. 2004) of same-sized images (N, C, H, W) -> (N,).
+
+    The Gaussian-weighted local means, variances and covariance are taken over windows that lie
+    entirely inside the image ('valid'), and the SSIM map is averaged over positions and
+    channels: the reference definition (skimage's with gaussian_weights=True and
+    use_sample_covariance=False). A side shorter than the window gets the window cut to that side, renormalised.
+    """
+    x, y = x.double(), y.double()
+    channels, height, width = x.shape[1:]
+    g_h, g_w = gaussian_window(min(window, height), sigma), gaussian_window(min(window, width), sigma)
+    kernel = (g_h[:, None] * g_w[None, :]).expand(channels, 1, -1, -1).contiguous()
+
+    def local(t: Tensor) -> Tensor:
+        return F.conv2d(t, kernel, groups=channels)
+
+    c1, c2 = (k1 * data_range) ** 2, (k2 * data_range) ** 2
+    mu_x, mu_y = local(x), local(y)
+    var_x = local(x * x) - mu_x**2
+    var_y = local(y * y) - mu_y**2
+    cov = local(x * y) - mu_x * mu_y
+    ssim_map = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
+    return ssim_map.flatten(1).mean(1)
+
+
+def box_ssim(x: Tensor, y: Tensor, boxes: Tensor, data_range: float = 1.0) -> Tensor:
+    """SSIM of each image pair on its content box only (boxes: (N, 4) top, left, height, width).
+
+    Images whose boxes have the same shape are computed together; padding never enters.
+    """
+    result = torch.zeros(x.shape[0], dtype=torch.float64)
+    shapes = boxes[:, 2:].tolist()
+    for shape in sorted({tuple(s) for s in shapes}):
+        rows = [i for i, s in enumerate(shapes) if tuple(s) == shape]
+        h, w = shape
+        crops = [(x[i, :, t:t + h, l:l + w], y[i, :, t:t + h, l:l + w])
+                 for i in rows for t, l in [boxes[i, :2].tolist()]]
+        result[rows] = ssim(torch.stack([c[0] for c in crops]), torch.stack([c[1] for c in crops]),
+                            data_range).cpu()
+    return result
+
+
+# --------------------------------------------------------------------------------------------
+# data for an evaluation (shared with `vaelab encode`)
+# --------------------------------------------------------------------------------------------
+
+
+def evaluation_data(run_dir: Path, run_config: Config, config_path: Optional[Path] = None,
+                    overrides: tuple[str, ...] | list[str] = ()) -> DataConfig:
+    """The run's data, or another config's data (-c, and/or --set applied to the run's config).
+
+    Whatever the source, the images are fitted and scaled as the model was trained
+    (MODEL_INPUT_KEYS come from the run), since the model accepts nothing else.
+    """
+    if config_path is None and not overrides:
+        return run_config.data
+    other = load_config(config_path if config_path is not None else run_dir / "config.yaml", overrides)
+    return other.data.model_copy(update={k: getattr(run_config.data, k) for k in MODEL_INPUT_KEYS})
+
+
+def split_loader(data: DataConfig, split: str, batch_size: int, seed: int = 0) -> tuple[ImageLoader, np.ndarray]:
+    """A loader over one split in a fixed order, and the metadata indices it covers."""
+    if split not in SPLITS:
+        raise VaelabError(f"--split {split!r}: use one of {', '.join(SPLITS)}")
+    collection = load_collection(data)
+    indices = {"val": collection.val, "train": collection.train, "all": collection.selected}[split]
+    if len(indices) == 0:
+        raise VaelabError(f"{collection.metadata.origin}: the {split} split is empty (data.val_fraction "
+                          f"{data.val_fraction}); use --split train or all")
+    images = FittedImages(collection, data)
+    loader = ImageLoader(images, images.positions_of(indices), batch_size, seed, shuffle=False,
+                         workers=data.workers)
+    return loader, indices
+
+
+# --------------------------------------------------------------------------------------------
+# evaluate a run
+# --------------------------------------------------------------------------------------------
+
+
+def evaluate_run(run_dir: Union[str, Path], config_path: Optional[Path] = None,
+                 overrides: tuple[str, ...] | list[str] = (), checkpoint: str = "best", split: str = "val",
+                 device: str = "auto", batch_size: Optional[int] = None) -> dict:
+    """Evaluate a run folder (see the module doc); writes the result into the run folder.
+
+    The result goes to evaluation.json for the run's own validation split with the best
+    checkpoint, else to evaluation-<hash>.json, so that evaluating on other data never replaces
+    the run's own numbers. result["file"] says which.
+    """
+    from vaelab.checkpoints import load_state
+    from vaelab.runs import load_run, write_json
+    from vaelab.train import isolated
+
+    started = time.monotonic()
+    run_dir = Path(run_dir)
+    run = load_run(run_dir, checkpoint, device)
+    config = run.config
+    data = evaluation_data(run_dir, config, config_path, overrides)
+    loader, _ = split_loader(data, split, batch_size or config.train.batch_size, config.train.seed)
+    log_sigma = None
+    if config.loss.reconstruction == "gaussian" and config.loss.sigma == "learned":
+        log_sigma = load_state(run.checkpoint)["log_sigma"]
+        log_sigma = None if log_sigma is None else log_sigma.to(run.device)
+
+    totals = Totals(config.model.latent)
+    devices = [run.device.index or 0] if run.device.type == "cuda" else []
+    with torch.no_grad(), torch.random.fork_rng(devices=devices):
+        torch.manual_seed(config.train.seed)  # the same z draws as the trainer's validation pass
+        for batch in isolated(loader.batches(0)):
+            totals.add(run.model, batch, config, log_sigma)
+    if totals.images == 0:
+        raise VaelabError(f"{data.images}: none of the {split} images could be read; see 'vaelab data stats'")
+
+    # A diverged model gives nan or inf: null in the JSON (which allows neither), not a crash.
+    result = {key: finite_or_none(value) for key, value in totals.result(config, log_sigma).items()}
+    own = data == config.data and split == "val" and checkpoint == "best"
+    described = {"images": str(data.images) if data.images else "built-in figure set",
+                 "metadata": str(data.metadata) if data.metadata else None,
+                 "filter": data.filter.model_dump(mode="json")}
+    name = EVALUATION_FILE if own else "evaluation-" + hashlib.sha256(
+        json.dumps([described, data.val_fraction, split, checkpoint], sort_keys=True).encode()).hexdigest()[:8] + ".json"
+    result = {
+        "run": str(run_dir), "checkpoint": run.checkpoint.name, "epoch": run.epoch, "split": split,
+        "data": described, "images": totals.images, "skipped": len(loader.skipped),
+        **result, "seed": config.train.seed, "time_s": round(time.monotonic() - started, 3),
+        "file": str(run_dir / name),
+    }
+    write_json(run_dir / name, result)  # atomic: a temp file and os.replace
+    return result
+
+
+def finite_or_none(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, list):
+        return [finite_or_none(v) for v in value]
+    return value
+
+
+class Totals:
+    """Sums over the split, per image where a ratio is taken at the end."""
+
+    def __init__(self, latent: int):
+        self.images = 0
+        self.recon = 0.0  # sum over images of the loss's recon term (mse_sum, l1, bce)
+        self.kl = 0.0
+        self.sse = 0.0  # model scale, sampled z, real subpixels: for the gaussian likelihood
+        self.subpixels = 0.0  # real pixels x channels
+        self.channels = 3
+        self.pixel_sse = 0.0  # image pixels / 255, decode(mu), real subpixels
+        self.ssim = 0.0
+        self.latents = LatentStats(latent)
+
+    def add(self, model, batch, config: Config, log_sigma: Optional[Tensor]) -> None:
+        scale = config.data.scale
+        device = next(model.parameters()).device
+        inputs = to_model_input(batch, scale, device)
+        out = model(inputs.x)  # samples z from the global RNG the caller seeded
+        n = len(batch)
+        # The gaussian term is recomputed at the end with one sigma for the split (see module doc).
+        parts = vae_loss(out, inputs.x, inputs.mask, config.loss, config.loss.beta, log_sigma)
+        self.recon += parts["recon"].item() * n
+        self.kl += parts["kl"].item() * n
+        real = inputs.mask > 0.5
+        self.sse += masked_sum((out.recon.float() - inputs.x) ** 2, real).sum().item()
+        self.channels = inputs.x.shape[1]
+        self.subpixels += real.sum().item() * self.channels
+        self.latents.update(out.mu, out.logvar)
+
+        shown = to_pixels(model.decode(out.mu), scale, inputs.mean, inputs.std).float() / 255.0
+        original = batch.pixels.float() / 255.0
+        mask = box_masks(batch.boxes, *batch.pixels.shape[1:3]).permute(0, 2, 3, 1)
+        self.pixel_sse += (((shown - original) ** 2) * mask).sum().item()
+        nchw = lambda t: t.permute(0, 3, 1, 2)  # noqa: E731
+        self.ssim += box_ssim(nchw(shown), nchw(original), batch.boxes).sum().item()
+        self.images += n
+
+    def result(self, config: Config, log_sigma: Optional[Tensor]) -> dict:
+        n, loss = self.images, config.loss
+        latents = self.latents.result()
+        recon = self.recon / n
+        bits, note = None, None
+        if loss.reconstruction == "gaussian":
+            mse = torch.tensor(self.sse / max(self.subpixels, 1.0), dtype=torch.float64)
+            log_s = float(gaussian_log_sigma(loss, mse, log_sigma))
+            nll = self.sse / (2 * math.exp(2 * log_s)) + self.subpixels * (log_s + HALF_LOG_2PI)
+            recon = nll / n
+            jacobian = {"unit": math.log2(255.0), "symmetric": math.log2(127.5)}.get(config.data.scale)
+            if jacobian is None:
+                note = "not calibrated: data.scale standardize rescales each image by its own std"
+            else:
+                bits = (nll + self.kl) / (self.subpixels * math.log(2)) + jacobian
+                note = (f"gaussian, sigma {math.exp(log_s):.4g} ({loss.sigma}); -ELBO/(D ln 2) + "
+                        f"log2({255.0 if config.data.scale == 'unit' else 127.5}) for 8-bit pixels")
+        elif loss.reconstruction == "bce":
+            # recon averages BCE over channels; the likelihood sums it.
+            nll = recon * n * self.channels
+            bits = (nll + self.kl) / (self.subpixels * math.log(2))
+            note = "bernoulli (bce): exact for binary images only; not comparable with a gaussian run's bits/dim"
+        else:
+            note = f"not calibrated: {loss.reconstruction} is not a normalised likelihood"
+        mse = self.pixel_sse / max(self.subpixels, 1.0)
+        kl = self.kl / n
+        return {
+            "recon": recon, "kl": kl, "elbo": -(recon + kl), "loss": recon + loss.beta * kl,
+            "mse": mse, "psnr": 10 * math.log10(1.0 / mse) if mse > 0 else PSNR_CAP,
+            "ssim": self.ssim / n, "bits_per_dim": bits, "bits_per_dim_note": note,
+            "real_subpixels": int(self.subpixels),
+            "active_units": latents["active_units"], "latent": config.model.latent,
+            "kl_per_dim": latents["kl_per_dim"],
+            "units": {
+                "recon": f"{UNITS[loss.reconstruction]}; mean per image, one z sample per image",
+                "kl": "nats, summed over latent dimensions; mean per image",
+                "elbo": "-(recon + kl), beta = 1", "loss": f"recon + beta * kl (beta {loss.beta})",
+                "mse": "per real pixel and channel, pixels in [0, 1], posterior mean decoded",
+                "psnr": "dB, 10 log10(1 / mse)", "ssim": "mean per image on the content box, 11x11 gaussian sigma 1.5",
+                "bits_per_dim": "bits per real subpixel", "kl_per_dim": "nats, mean per image",
+            },
+        }
+
+
+# --------------------------------------------------------------------------------------------
+# the command
+# --------------------------------------------------------------------------------------------
+
+
+def evaluate_command(run_dir: Path, config_path: Optional[Path] = None, overrides: tuple[str, ...] = (),
+                     checkpoint: str = "best", split: str = "val", device: str = "auto",
+                     as_json: bool = False) -> dict:
+    """Run `evaluate_run`; print a table (the caller prints the JSON when as_json)."""
+    result = evaluate_run(run_dir, config_path, overrides, checkpoint, split, device)
+    if not as_json:
+        print_table(result)
+    return result
+
+
+def print_table(result: dict) -> None:
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    console = Console()
+    table = Table(title=escape(f"{result['run']} ({result['checkpoint']}, epoch {result['epoch']}): "
+                        f"{result['images']} images, split {result['split']}"), title_justify="left")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    table.add_column("unit / note")
+    units = result["units"]
+    for key in ("recon", "kl", "elbo", "loss", "mse", "psnr", "ssim"):
+        table.add_row(key, f"{result[key]:.6g}", escape(units[key]))
+    bits = result["bits_per_dim"]
+    table.add_row("bits/dim", "-" if bits is None else f"{bits:.4f}", escape(result["bits_per_dim_note"]))
+    active = result["active_units"]
+    table.add_row("active units", "-" if active is None else f"{active} / {result['latent']}",
+                  escape("Cov_x(E_q[z_d]) > 0.01 (Burda et al. 2016)"))
+    kl = result["kl_per_dim"]
+    top = sorted(range(len(kl)), key=lambda d: -kl[d])[:8]
+    table.add_row("KL per dim (top)", "", ", ".join(f"z{d}: {kl[d]:.3g}" for d in top))
+    console.print(table)
+    if result["skipped"]:
+        console.print(f"skipped {result['skipped']} unreadable image(s)")
+    console.print(escape(f"written to {result['file']}"))

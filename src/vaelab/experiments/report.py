@@ -1,0 +1,432 @@
+"""`vaelab report`: one self-contained HTML page for a run or a comparison of runs.
+
+The page is meant to be mailed, archived next to a journal or opened from a laptop, so it
+carries everything: plots and image grids as PNG data URIs, CSS inline, no JavaScript and no
+external URL at all. A Content-Security-Policy meta tag states that too: even if some text
+slipped past escaping, the browser would refuse to run or fetch anything.
+
+Everything that comes from a run folder (tags in the config, paths, run names, metric and
+evaluation keys) is user data and goes through `esc` before it reaches the page.
+
+A run folder is read leniently: config.yaml, metrics.jsonl, the image grids, run.json and
+evaluation.json may each be missing (a run still starting, or one never evaluated); the section
+that needs it then says "not available" and why, instead of the report failing.
+
+    read_run (per folder) -> labels and baseline (compare.label_runs) -> sections -> atomic write
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import os
+import re
+import shlex
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence
+
+import yaml
+from PIL import Image
+
+import vaelab
+from vaelab.errors import VaelabError
+from vaelab.experiments import compare
+from vaelab.experiments.stats import format_number
+
+CURVES = ("val_loss", "val_recon", "val_kl", "val_psnr")
+TRAIN_CURVES = ("train_loss", "train_recon", "train_kl")  # when no run has a validation split
+STRIP_EPOCHS = 8  # reconstruction rows in the strip, first and last epoch included
+MAX_WIDTH = 1100  # px: wider grids are downscaled, so a 128 px, 16-image grid stays a few 100 kB
+DISPLAY_WIDTH = 720  # px: tiny grids (32 px images) are shown enlarged, pixelated, up to this
+EPOCH_FILE = re.compile(r"^epoch-(\d+)\.png$")
+# evaluation.json: what was evaluated (said in one line), and bookkeeping the page leaves out.
+CONTEXT_KEYS = ("checkpoint", "epoch", "split", "images", "skipped")
+HIDDEN_KEYS = frozenset({"run", "file", "seed", "time_s", "real_subpixels"})
+
+
+@dataclass
+class Run:
+    folder: Path
+    config_text: Optional[str] = None  # config.yaml exactly as written, shown verbatim
+    config: dict = field(default_factory=dict)
+    metrics: list[dict] = field(default_factory=list)
+    status: Optional[str] = None  # from run.json: running, finished, diverged, ...
+    evaluation: Optional[dict] = None
+    problems: dict[str, str] = field(default_factory=dict)  # file -> why it could not be used
+    label: str = ""  # how its config differs from the others' (compare.label_runs); "" for a lone run
+
+    @property
+    def name(self) -> str:
+        return self.folder.name or str(self.folder)
+
+    def points(self, key: str) -> list[tuple[int, Optional[float], float]]:
+        return compare.RunRecord(self.folder, self.config, self.metrics).points(key)
+
+
+def esc(value: object) -> str:
+    return html.escape(str(value), quote=True)
+
+
+# --------------------------------------------------------------------------------------------
+# reading run folders
+# --------------------------------------------------------------------------------------------
+
+
+def read_run(folder: Path) -> Run:
+    if not folder.is_dir():
+        raise VaelabError(f"{folder}: not a folder; pass run folders such as runs/2026-11-26_21h33m47s")
+    if not (folder / "config.yaml").is_file() and not (folder / "metrics.jsonl").is_file():
+        inside = any((child / "metrics.jsonl").is_file() for child in folder.iterdir() if child.is_dir())
+        hint = (f"it holds run folders: pass them instead, e.g. {folder}/*" if inside
+                else "pass a folder written by vaelab train")
+        raise VaelabError(f"{folder}: no config.yaml and no metrics.jsonl; {hint}")
+    run = Run(folder)
+    try:
+        run.config_text = (folder / "config.yaml").read_text(encoding="utf-8", errors="replace")
+        loaded = yaml.safe_load(run.config_text)
+        run.config = loaded if isinstance(loaded, dict) else {}
+        if not isinstance(loaded, dict):
+            run.problems["config.yaml"] = "not a config mapping"
+    except FileNotFoundError:
+        run.problems["config.yaml"] = "missing"
+    except (OSError, yaml.YAMLError) as error:
+        run.problems["config.yaml"] = f"cannot read it ({type(error).__name__})"
+    if (folder / "metrics.jsonl").is_file():
+        run.metrics, skipped = compare.read_metrics(folder / "metrics.jsonl")
+        if skipped:
+            run.problems["metrics.jsonl"] = f"{skipped} unparsable line(s) skipped"
+    if not run.config:
+        run.label = "no config"  # cannot say how it differs from the others
+    run.status = (read_json(folder / "run.json", run.problems) or {}).get("status")
+    run.evaluation = read_json(folder / "evaluation.json", run.problems)
+    return run
+
+
+def read_json(path: Path, problems: dict[str, str]) -> Optional[dict]:
+    if not path.is_file():
+        return None
+    try:
+        loaded = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        problems[path.name] = f"cannot read it ({type(error).__name__})"
+        return None
+    if not isinstance(loaded, dict):
+        problems[path.name] = "not a JSON object"
+        return None
+    return loaded
+
+
+def epoch_images(folder: Path) -> list[tuple[int, Path]]:
+    """(epoch, path) of `folder/epoch-NNNN.png`, by epoch; temporary files are not matched."""
+    if not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), path) for path in folder.iterdir() if (m := EPOCH_FILE.match(path.name))]
+    return sorted(found)
+
+
+def spread(items: Sequence, count: int) -> list:
+    """Up to `count` evenly spaced items, always the first and the last."""
+    if len(items) <= count:
+        return list(items)
+    return [items[round(i * (len(items) - 1) / (count - 1))] for i in range(count)]
+
+
+
+def img(image: Image.Image, alt: str, css_class: str = "pixels") -> str:
+    """An <img> with the PNG inline; wide images downscaled, tiny ones shown enlarged."""
+    if image.width > MAX_WIDTH:
+        height = max(1, round(image.height * MAX_WIDTH / image.width))
+        image = image.resize((MAX_WIDTH, height), Image.Resampling.LANCZOS)
+    buffer = io.BytesIO()
+    image.convert("RGB").save(buffer, format="PNG", optimize=True)
+    zoom = max(1, min(4, DISPLAY_WIDTH // max(1, image.width)))
+    data = base64.b64encode(buffer.getvalue()).decode("ascii")
+    return (f'<img class="{css_class}" src="data:image/png;base64,{data}" alt="{esc(alt)}" '
+            f'width="{image.width * zoom}" height="{image.height * zoom}">')
+
+
+def figure_img(figure, alt: str) -> str:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    return img(Image.open(buffer), alt, "figure")
+
+
+def open_image(path: Path) -> Optional[Image.Image]:
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except (OSError, ValueError):  # a truncated or half-written PNG: leave that epoch out
+        return None
+
+
+# --------------------------------------------------------------------------------------------
+# sections
+# --------------------------------------------------------------------------------------------
+
+
+def not_available(what: str, why: str) -> str:
+    return f'<p class="na">{esc(what)}: not available ({esc(why)}).</p>'
+
+
+def metrics_table(runs: Sequence[Run]) -> str:
+    header = ["run", "label", "status", "epochs", "time", "val loss", "best val loss (epoch)", "val recon",
+              "val KL", "PSNR dB", "best PSNR", "train loss", "skipped steps", "peak RSS MB"]
+    rows = []
+    for run in runs:
+        if not run.metrics:
+            rows.append([run.name, run.label, run.status or "—", "0"] + ["—"] * (len(header) - 4))
+            continue
+        last, f = run.metrics[-1], format_number
+        value = lambda key: compare.number(last.get(key))  # noqa: E731
+        val, psnr = run.points("val_loss"), run.points("val_psnr")
+        best = min(val, key=lambda p: p[2]) if val else None
+        skipped = [compare.number(m.get("skipped_steps")) or 0 for m in run.metrics]
+        rss = [p[2] for p in run.points("rss_mb")]
+        rows.append([run.name, run.label, run.status or "—", str(last["epoch"]),
+                     compare.format_duration(value("time_s")), f(value("val_loss")),
+                     f"{f(best[2])} ({best[0]})" if best else "—", f(value("val_recon")), f(value("val_kl")),
+                     f(value("val_psnr")), f(max(p[2] for p in psnr)) if psnr else "—", f(value("train_loss")),
+                     f(sum(skipped)), f(max(rss)) if rss else "—"])
+    if len(runs) == 1:  # a lone run has no label
+        header, rows = [h for h in header if h != "label"], [row[:1] + row[2:] for row in rows]
+    head = "".join(f"<th>{esc(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in rows)
+    return (f'<div class="scroll"><table class="metrics"><tr>{head}</tr>{body}</table></div>'
+            '<p class="note">Final values at the last epoch; best val loss is the lowest, best PSNR the highest.</p>')
+
+
+def curves_section(runs: Sequence[Run]) -> str:
+    from vaelab.experiments.plots import draw
+
+    with_metrics = [run for run in runs if run.metrics]
+    chosen = [m for m in CURVES if any(run.points(m) for run in with_metrics)]
+    chosen = chosen or [m for m in TRAIN_CURVES if any(run.points(m) for run in with_metrics)]
+    if not chosen:
+        return not_available("loss curves", "no run has a finished epoch in metrics.jsonl")
+    # Runs that differ only by seed share a label and are drawn as one mean curve with a 95% CI
+    # band, exactly as `vaelab compare` draws them.
+    groups = compare.group_indices([run.label for run in with_metrics])
+    records = [compare.RunRecord(r.folder, r.config, r.metrics) for r in with_metrics]
+    single = len(with_metrics) == 1  # one run: name it in the legend; "baseline" would say nothing
+    # matplotlib reads $...$ in a legend as math and fails on an unbalanced $; a tag may hold one.
+    series = [{"label": (with_metrics[0].name if single else label).replace("$", r"\$"),
+               "curves": {m: compare.curve(records, members, m) for m in chosen},
+               "runs": [{"name": with_metrics[i].name, "points": {m: with_metrics[i].points(m) for m in chosen}}
+                        for i in members]}
+              for label, members in groups.items()]
+    plots = []
+    for metric in chosen:
+        values = [p[2] for run in with_metrics for p in run.points(metric)]
+        # Losses fall over orders of magnitude (the journal's 1e5 -> 5.8e4): log when they span 10x.
+        log = "psnr" not in metric and min(values) > 0 and max(values) >= 10 * min(values)
+        figure = draw(series, metric, "epoch", log, [])
+        if not log:  # PSNR 7.4801 vs 7.4803 should read as such, not as "+7.48" and 1e-4 ticks
+            figure.axes[0].ticklabel_format(axis="y", useOffset=False)
+        plots.append(figure_img(figure, f"{metric} by epoch"))
+    return f'<div class="plots">{"".join(plots)}</div>'
+
+
+def config_section(runs: Sequence[Run], baseline: Run) -> str:
+    def yaml_block(run: Run) -> str:
+        if run.config_text is None:
+            return not_available("config.yaml", run.problems.get("config.yaml", "missing"))
+        return f"<pre>{esc(run.config_text)}</pre>"
+
+    if len(runs) == 1:
+        return yaml_block(runs[0])
+    parts = [f"<h3>baseline: {esc(baseline.name)}</h3>", yaml_block(baseline)]
+    base = compare.flatten(baseline.config)
+    for run in runs:
+        if run is baseline:
+            continue
+        flat = compare.flatten(run.config)
+        keys = [k for k in dict.fromkeys([*base, *flat])
+                if k not in base or k not in flat or compare.canonical(base[k]) != compare.canonical(flat[k])]
+        shown = lambda cfg, k: compare.format_value(cfg[k]) if k in cfg else "unset"  # noqa: E731
+        rows = "".join(
+            f'<tr{" class=bookkeeping" if k in compare.IGNORED_KEYS or k.startswith(compare.IGNORED_PREFIXES) else ""}>'
+            f"<td>{esc(k)}</td>"
+            f"<td>{esc(shown(base, k))}</td><td>{esc(shown(flat, k))}</td></tr>" for k in keys)
+        table = (f"<table><tr><th>key</th><th>baseline</th><th>this run</th></tr>{rows}</table>" if keys
+                 else "<p>same config as the baseline.</p>")
+        parts.append(f"<h3>{esc(run.name)} <span class=label>{esc(run.label)}</span></h3>{table}"
+                     f"<details><summary>full config</summary>{yaml_block(run)}</details>")
+    parts.append('<p class="note">Grey rows are bookkeeping or replicate keys (seed, run.*, caches) '
+                 "that do not make a run a different experiment.</p>")
+    return "".join(parts)
+
+
+def reconstructions_section(run: Run) -> str:
+    grids = epoch_images(run.folder / "reconstructions")
+    if not grids:
+        return not_available("reconstructions", "no reconstructions/epoch-NNNN.png; run.images may be 0")
+    loaded = [(epoch, image) for epoch, path in spread(grids, STRIP_EPOCHS) if (image := open_image(path))]
+    if not loaded:
+        return not_available("reconstructions", "the grid files cannot be read")
+    size = (run.config.get("data") or {}).get("size")
+    height = size[0] if isinstance(size, list) and size and isinstance(size[0], int) else None
+    # The trainer's grid is originals above reconstructions with a 2 px gap: 2H + 6 px high.
+    # Then the originals (the same fixed batch every epoch) are shown once and each epoch adds
+    # one row; any other layout is shown whole, one grid per epoch.
+    split = height is not None and all(image.height == 2 * height + 6 for _, image in loaded)
+    rows = []
+    if split:
+        latest = loaded[-1][1]
+        rows.append(("originals", latest.crop((0, 0, latest.width, height + 4))))
+    for epoch, image in loaded:
+        rows.append((f"epoch {epoch}", image.crop((0, height + 2, image.width, image.height)) if split else image))
+    body = "".join(f"<tr><th>{esc(name)}</th><td>{img(image, f'{run.name} {name}')}</td></tr>"
+                   for name, image in rows)
+    note = f"{len(loaded)} of {len(grids)} epochs, evenly spaced from the first to the last."
+    return f'<table class="strip">{body}</table><p class="note">{esc(note)}</p>'
+
+
+def samples_section(run: Run) -> str:
+    grids = epoch_images(run.folder / "samples")
+    image = open_image(grids[-1][1]) if grids else None
+    if image is None:
+        return not_available("samples", "no readable samples/epoch-NNNN.png")
+    return f'<p>epoch {grids[-1][0]}, decoded from the same prior noise every epoch:</p>' \
+           f'<div class="grid">{img(image, f"{run.name} samples")}</div>'
+
+
+def latent_section(run: Run) -> str:
+    evaluation = run.evaluation
+    if evaluation is None:
+        why = run.problems.get("evaluation.json", "the run has no evaluation.json")
+        return (not_available("evaluation and latent diagnostics", why)
+                + f"<p>Compute them with <code>vaelab evaluate {esc(shlex.quote(str(run.folder)))}</code>, "
+                "then rerun the report.</p>")
+    # What was evaluated in one line, then every other scalar evaluate wrote, in its order, with
+    # its unit or note (e.g. why bits/dim is null); keys it may add later show up too.
+    context = ", ".join(f"{k} {evaluation[k]}" for k in CONTEXT_KEYS if k in evaluation)
+    units = evaluation.get("units") if isinstance(evaluation.get("units"), dict) else {}
+    shown = lambda v: format_number(v) if isinstance(v, float) else "—" if v is None else v  # noqa: E731
+    rows = "".join(f"<tr><td>{esc(k)}</td><td>{esc(shown(v))}</td>"
+                   f"<td>{esc(evaluation.get(f'{k}_note') or units.get(k) or '')}</td></tr>"
+                   for k, v in evaluation.items() if not isinstance(v, (list, dict)) and not k.endswith("_note")
+                   and k not in CONTEXT_KEYS and k not in HIDDEN_KEYS)
+    parts = [f"<p>{esc(context)}</p>" if context else "",
+             f'<table class="evaluation"><tr><th>metric</th><th>value</th><th>unit / note</th></tr>{rows}</table>']
+    kl = evaluation.get("kl_per_dim")
+    if isinstance(kl, list) and kl and all(compare.number(v) is not None for v in kl):
+        latent = evaluation.get("latent") if isinstance(evaluation.get("latent"), int) else len(kl)
+        parts.append(kl_chart([float(v) for v in kl], evaluation.get("active_units"), latent, run.name))
+    else:
+        parts.append(not_available("KL per latent dimension", "no finite kl_per_dim list in evaluation.json"))
+    return "".join(parts)
+
+
+def kl_chart(kl: list[float], active, latent: int, name: str) -> str:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(8, 3.2), dpi=100, layout="constrained")
+    FigureCanvasAgg(figure)
+    ax = figure.add_subplot()
+    ax.bar(range(len(kl)), kl, width=0.8, color="C0")
+    counted = f"; active units {active} of {latent}" if isinstance(active, int) else ""
+    ax.set(xlabel="latent dimension", ylabel="KL (nats)", title=f"KL per latent dimension{counted}")
+    ax.grid(True, axis="y", alpha=0.3)
+    return figure_img(figure, f"{name} KL per latent dimension")
+
+
+# --------------------------------------------------------------------------------------------
+# the page
+# --------------------------------------------------------------------------------------------
+
+CSS = """
+body{font:15px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,"DejaVu Sans",sans-serif;margin:0 auto;max-width:1240px;
+  padding:0 24px 48px;color:#1d2330;background:#fbfbfc}h1{font-size:24px;margin:24px 0 4px}
+h2{font-size:19px;margin:32px 0 8px;border-bottom:1px solid #d7dbe2;padding-bottom:4px}
+h3{font-size:16px;margin:20px 0 6px}
+.meta,.note{color:#5b6475;font-size:13px}.na{color:#8a5a00;font-style:italic}nav a{margin-right:12px}
+table{border-collapse:collapse;margin:6px 0}td,th{border:1px solid #d7dbe2;padding:3px 8px;text-align:left}
+th{background:#eef1f5;font-weight:600}.scroll{overflow-x:auto}tr.bookkeeping td{color:#8a93a3}
+table.metrics td{text-align:right;white-space:nowrap}table.metrics td:nth-child(-n+3){text-align:left}
+table.metrics td:first-child{white-space:normal}table.evaluation td:nth-child(2){text-align:right}
+pre{background:#f1f3f6;border:1px solid #d7dbe2;padding:8px 12px;overflow:auto;max-height:480px;font-size:13px}
+code{background:#f1f3f6;padding:1px 4px}section.run{border-top:3px solid #d7dbe2;margin-top:36px}
+.label{font-weight:normal;font-size:13px;background:#e5ecfb;border-radius:4px;padding:1px 6px;word-break:break-all}
+.plots{display:grid;grid-template-columns:repeat(auto-fill,minmax(520px,1fr));gap:12px}.plots img{width:100%}
+img{max-width:100%;height:auto}img.pixels{image-rendering:pixelated}img.figure{background:#fff;border:1px solid #d7dbe2}
+table.strip th{white-space:nowrap;font-weight:500}table.strip td{padding:0;line-height:0}
+"""
+# default-src 'none': the page can neither run scripts nor fetch anything; only inline styles
+# and data: images are allowed, which is all it needs.
+CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
+
+
+def render(runs: Sequence[Run], baseline: Run) -> str:
+    chip = (lambda run: f" <span class=label>{esc(run.label)}</span>") if len(runs) > 1 else (lambda run: "")
+    title = f"vaelab report: {runs[0].name}" if len(runs) == 1 else f"vaelab report: {len(runs)} runs"
+    listed = "".join(f'<li><a href="#run-{i}">{esc(run.name)}</a>{chip(run)} '
+                     f'<span class=meta>{esc(run.folder)}</span></li>' for i, run in enumerate(runs, 1))
+    problems = "".join(f"<li>{esc(run.name)}: {esc(name)}: {esc(why)}</li>"
+                       for run in runs for name, why in run.problems.items())
+    per_run = "".join(
+        f'<section class="run" id="run-{i}"><h2>{esc(run.name)}{chip(run)}</h2>'
+        f"<h3>reconstructions over the epochs</h3>{reconstructions_section(run)}"
+        f"<h3>samples</h3>{samples_section(run)}"
+        f"<h3>evaluation and latent diagnostics</h3>{latent_section(run)}</section>"
+        for i, run in enumerate(runs, 1))
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<meta http-equiv="Content-Security-Policy" content="{esc(CSP)}">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{esc(title)}</title><style>{CSS}</style></head><body>
+<h1>{esc(title)}</h1><p class="meta">written {esc(stamp)} by vaelab {esc(vaelab.__version__)}</p>
+<ul>{listed}</ul>{f'<p class="na">Some files could not be used:</p><ul>{problems}</ul>' if problems else ''}
+<nav><a href="#metrics">metrics</a><a href="#curves">loss curves</a><a href="#config">config</a></nav>
+<h2 id="metrics">metrics</h2>{metrics_table(runs)}
+<h2 id="curves">loss curves</h2>{curves_section(runs)}
+<h2 id="config">config{'' if len(runs) == 1 else ' and differences from the baseline'}</h2>
+{config_section(runs, baseline)}
+{per_run}
+</body></html>
+"""
+
+
+def write_report(run_dirs: Sequence[Path | str], out: Path) -> Path:
+    """Write the report on `run_dirs` to `out` (a folder gets report.html) and return its path."""
+    if not run_dirs:
+        raise VaelabError("report: no run folders given; pass one or more, e.g. vaelab report runs/*")
+    folders = list(dict.fromkeys(Path(d).absolute() for d in run_dirs))  # the same folder once
+    runs = [read_run(folder) for folder in folders]
+    labelled = [r for r in runs if r.config]
+    if len(labelled) > 1:
+        labels, _ = compare.label_runs([compare.RunRecord(r.folder, r.config, r.metrics) for r in labelled])
+        for run, label in zip(labelled, labels):
+            run.label = label
+    baseline = next((r for r in labelled if r.label == compare.BASELINE), runs[0])
+    page = render(runs, baseline)
+
+    out = Path(out)
+    if out.is_dir():
+        out = out / "report.html"
+    temporary = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        temporary.write_text(page, encoding="utf-8")
+        os.replace(temporary, out)
+    except OSError as error:
+        temporary.unlink(missing_ok=True)
+        raise VaelabError(f"{out}: cannot write the report ({error.strerror}); choose another --out") from None
+    return out
+
+
+def default_out(run_dirs: Sequence[Path | str]) -> Path:
+    """One run: report.html inside it, beside what it reports on; several: in the current folder."""
+    if len({Path(d).absolute() for d in run_dirs}) == 1:
+        return Path(run_dirs[0]) / "report.html"
+    return Path("report.html")
+
+
+def report_command(run_dirs: Sequence[Path | str], out: Optional[Path] = None) -> Path:
+    """What `vaelab report` does: write the page (to the default place when `out` is None)."""
+    return write_report(run_dirs, out if out is not None else default_out(run_dirs))

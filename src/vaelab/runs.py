@@ -1,0 +1,627 @@
+"""Run folders: one per training run, never reused. How a run starts, resumes, records, and is loaded.
+
+    runs/<%Y-%m-%d_%Hh%Mm%Ss>[_name]/
+      config.yaml      the resolved config (absolute paths); a resume that adds epochs updates it
+      run.json         status (running, interrupted, stopped, diverged, finished), epoch, step
+      env.json         versions, device, threads, parameter count
+      source/          the vaelab package as it ran; git.json (commit, status) and git.diff in a repo
+      metrics.jsonl    one JSON object per epoch (keys: see `vaelab.train`)
+      log.txt          resumes, skipped steps, rollbacks, stops
+      reconstructions/epoch-NNNN.png   a fixed validation batch: originals above reconstructions
+      samples/epoch-NNNN.png           decoded prior samples, the same noise every epoch
+      tensorboard/     scalars and both grids, when the tensorboard package is installed
+      checkpoints/     see `vaelab.checkpoints`
+
+Resuming replays nothing that was recorded: metrics lines past the checkpoint are dropped and
+rewritten, so a run killed at any moment and resumed ends with the same files as one that was not.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from contextlib import closing, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+import numpy as np
+import torch
+
+import vaelab
+from vaelab.checkpoints import BEST, LAST, LAST_EPOCH, CheckpointFolder, LowDisk, link_state, load_state
+from vaelab.config import Config, load_config
+from vaelab.data.collection import describe_skips, load_collection
+from vaelab.data.grid import save_png
+from vaelab.data.loader import Batch, FittedImages, ImageLoader
+from vaelab.data.scaling import scale_pixels, to_pixels
+from vaelab.errors import VaelabError
+from vaelab.losses import check_scaling
+from vaelab.model import ConvVAE, build_model, check_strides, count_parameters
+from vaelab.train import StopTraining, Trainer, isolated, select_device
+
+STAMP = "%Y-%m-%d_%Hh%Mm%Ss"
+NOT_RESUMABLE = ("finished", "diverged")  # auto-resume would only repeat them
+# Keys a resume may change: they decide how long and where, not what is computed.
+RESUME_MAY_CHANGE = ("train.epochs", "train.device", "train.amp", "data.workers", "data.cache", "data.cache_dir", "run.")
+
+
+# --------------------------------------------------------------------------------------------
+# training a run
+# --------------------------------------------------------------------------------------------
+
+
+def train_run(config: Optional[Config] = None, resume: Union[Path, str, None] = None,
+              progress: Optional[bool] = None) -> Path:
+    """Train `config` in a new run folder, or continue one; returns the run folder.
+
+    resume: None = a new run; a run folder = continue it with its own config (`config` may
+    then be None, or differ only in RESUME_MAY_CHANGE keys, e.g. more epochs); "auto" = continue
+    the newest unfinished run under run.root with the same config, else start a new one.
+    progress: the live progress bar; None = when stderr is a terminal.
+    """
+    if config is not None:  # a config that cannot train is refused before it gets a run folder
+        check_scaling(config.loss, config.data.scale, config.model.output_activation)
+        check_strides(config.model, *config.data.size)
+    run_dir, config, fresh = open_run(config, resume)
+    lock = lock_run(run_dir)
+    try:
+        write_text(run_dir / "config.yaml", config.to_yaml())  # a resume may have added epochs
+        print(f"run folder: {run_dir}", flush=True)
+        train_in(run_dir, config, fresh, progress)
+    finally:
+        if lock:
+            lock.close()
+    print(f"run folder: {run_dir}", flush=True)
+    return run_dir
+
+
+def train_command(config_path: Optional[Path], overrides: Sequence[str] = (), resume: Optional[str] = None,
+                  progress: Optional[bool] = None) -> Path:
+    """`vaelab train [-c CONFIG] [--set KEY=VALUE ...] [--resume RUN_DIR|auto]`.
+
+    With --resume RUN_DIR the --set overrides apply to the run's own config.yaml (e.g.
+    train.epochs=300 to train on), and -c, if given, must describe the same run.
+    """
+    if resume is not None and resume != "auto":
+        run_dir = Path(resume)
+        base = config_path if config_path is not None else run_dir / "config.yaml"
+        config = load_config(base, overrides) if (config_path is not None or overrides) else None
+        if config is None and not base.is_file():
+            resume_config(run_dir, None)  # raises the 'not a run folder' message
+        return train_run(config, resume=run_dir, progress=progress)
+    return train_run(load_config(config_path, overrides), resume=resume, progress=progress)
+
+
+def open_run(config: Optional[Config], resume: Union[Path, str, None]) -> tuple[Path, Config, bool]:
+    """(run folder, config to train, whether the folder is new)."""
+    if resume is not None and str(resume) != "auto":
+        run_dir = Path(resume).absolute()
+        return run_dir, resume_config(run_dir, config), False
+    config = config if config is not None else load_config()
+    if resume is not None:
+        found = find_resumable(config)
+        if found is not None:
+            return found, resume_config(found, config), False
+    run_dir = create_run_dir(config.run.root, config.run.name)
+    write_json(run_dir / "run.json", {"status": "created", "created": time.time()})
+    snapshot_source(run_dir / "source")
+    return run_dir, config, True
+
+
+def train_in(run_dir: Path, config: Config, fresh: bool, progress: Optional[bool]) -> str:
+    """Build data, model and trainer, restore the last state if there is one, train, record."""
+    log = RunLog(run_dir / "log.txt")
+    seed_everything(config.train.seed)
+    device = select_device(config.train.device)
+    train_loader, val_loader = make_loaders(config, device, log)
+    model = build_model(config.model, config.data.size)
+    trainer = Trainer(config, model, device)
+    log(f"model: {count_parameters(model):,} parameters; device {device}; "
+        f"precision {str(trainer.amp).removeprefix('torch.') if trainer.amp else 'float32'}")
+    if fresh:
+        write_json(run_dir / "env.json", environment(device, model, trainer))
+    r = config.run
+    checkpoints = CheckpointFolder(run_dir / "checkpoints", r.keep_checkpoints, r.min_free_gb)
+    state = checkpoints.load(LAST)
+    status = None
+    if state is not None:
+        trainer.load_state_dict(state)
+        repair_after_kill(checkpoints, trainer, r.checkpoint_every)
+        trim_metrics(run_dir / "metrics.jsonl", trainer.epoch)
+        log(f"resumed at epoch {trainer.epoch + 1}, batch {trainer.batch} (step {trainer.step})")
+    else:
+        try:  # the state before any step: what a rollback in the first epoch returns to
+            checkpoints.save_epoch_end(trainer.state_dict(), 0, numbered=False, best=False)
+        except LowDisk as problem:
+            log(f"stopped: {problem}")
+            status = "stopped"
+    recorder = Recorder(run_dir, config, checkpoints, log, fixed_batch(val_loader or train_loader, r.images))
+    recorder.board.open(purge_step=None if fresh else trainer.epoch + 1)
+    write_status(run_dir, "running", trainer)
+    try:
+        with stop_on_signals(trainer, log):
+            status = status or trainer.fit(train_loader, val_loader, recorder, progress)
+    except BaseException:
+        write_status(run_dir, "failed", trainer)
+        raise
+    finally:
+        recorder.board.close()
+    write_status(run_dir, status, trainer)
+    best = f"; best val loss {trainer.best_loss:.6g} at epoch {trainer.best_epoch}" if trainer.best_epoch else ""
+    log(f"{status}: {trainer.epoch}/{config.train.epochs} epochs, {trainer.step} steps{best}")
+    if status != "finished":
+        log(f"continue with: vaelab train --resume {run_dir}")
+    return status
+
+
+def make_loaders(config: Config, device: torch.device, log) -> tuple[ImageLoader, Optional[ImageLoader]]:
+    collection = load_collection(config.data, progress=sys.stderr.isatty())
+    summary = describe_skips(collection.skipped)
+    if summary:
+        log(summary)
+    images = FittedImages(collection, config.data)
+    t, workers, pin = config.train, config.data.workers, device.type == "cuda"
+    train = ImageLoader(images, images.positions_of(collection.train), t.batch_size, t.seed,
+                        shuffle=True, drop_last=True, workers=workers, pin_memory=pin)
+    val = None
+    if len(collection.val):
+        val = ImageLoader(images, images.positions_of(collection.val), t.batch_size, t.seed,
+                          shuffle=False, workers=workers, pin_memory=pin)
+    log(f"data: {len(collection.train)} train, {len(collection.val)} val images at "
+        f"{config.data.size[0]}x{config.data.size[1]} ({config.data.fit}); {train.batches_per_epoch()} batches per epoch")
+    return train, val
+
+
+def seed_everything(seed: int) -> None:
+    import random
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def fixed_batch(loader: ImageLoader, count: int) -> Optional[Batch]:
+    """The first `count` images of the loader's epoch-0 order: the same images every epoch."""
+    if count <= 0:
+        return None
+    got: list[Batch] = []
+    with closing(loader.batches(0)) as batches:
+        for batch in isolated(batches):
+            got.append(batch)
+            if sum(len(b) for b in got) >= count:
+                break
+    if not got:
+        return None
+    return Batch(*(torch.cat([getattr(b, f) for b in got])[:count] for f in ("pixels", "boxes", "positions")))
+
+
+# --------------------------------------------------------------------------------------------
+# recording: the callbacks the trainer calls
+# --------------------------------------------------------------------------------------------
+
+
+class Recorder:
+    """Writes what the trainer produces into the run folder (implements `train.Callbacks`)."""
+
+    def __init__(self, run_dir: Path, config: Config, checkpoints: CheckpointFolder, log, images: Optional[Batch]):
+        self.run_dir, self.config, self.checkpoints, self.log, self.images = run_dir, config, checkpoints, log, images
+        self.board = Board(run_dir / "tensorboard", config.run.tensorboard, log)
+        self.last_save = time.monotonic()
+
+    def after_step(self, trainer: Trainer) -> None:
+        r = self.config.run
+        if trainer.batch >= trainer.per_epoch and not trainer.stop_requested:
+            return  # the epoch-end save follows at once
+        due = (trainer.stop_requested
+               or (r.checkpoint_steps and trainer.step % r.checkpoint_steps == 0)
+               or (r.checkpoint_minutes and time.monotonic() - self.last_save >= 60 * r.checkpoint_minutes))
+        if due:
+            try:
+                self.checkpoints.save_last(trainer.state_dict())
+            except LowDisk as problem:
+                raise StopTraining(problem) from None
+            self.last_save = time.monotonic()
+
+    def epoch_end(self, trainer: Trainer, record: dict) -> None:
+        epoch = record["epoch"]
+        record["rss_mb"] = rss_mb()
+        append_json_line(self.run_dir / "metrics.jsonl", record)
+        recon = samples = None
+        if self.images is not None:
+            recon = trainer.reconstruction_grid(self.images)
+            samples = trainer.sample_grid(2 * len(self.images))
+            save_png(recon, self.run_dir / "reconstructions" / f"epoch-{epoch:04d}.png")
+            save_png(samples, self.run_dir / "samples" / f"epoch-{epoch:04d}.png")
+        self.board.epoch(record, recon, samples)
+        self.log(epoch_line(record, self.config.train.epochs))
+        try:
+            numbered = epoch % self.config.run.checkpoint_every == 0 or epoch == self.config.train.epochs
+            self.checkpoints.save_epoch_end(trainer.state_dict(), epoch, numbered=numbered, best=record["best"])
+        except LowDisk as problem:
+            raise StopTraining(problem) from None
+        self.last_save = time.monotonic()
+        write_status(self.run_dir, "running", trainer)
+
+    def rollback_state(self) -> dict:
+        return load_state(self.checkpoints.path(LAST_EPOCH))
+
+
+def epoch_line(record: dict, epochs: int) -> str:
+    g = lambda key, fmt=".4g": "-" if record.get(key) is None else format(record[key], fmt)  # noqa: E731
+    line = (f"epoch {record['epoch']}/{epochs}  train loss {g('train_loss')} (recon {g('train_recon')}, "
+            f"kl {g('train_kl')})  val loss {g('val_loss')}  psnr {g('val_psnr', '.2f')} dB  "
+            f"lr {record['lr']:.3g}  {record['time_s']:.0f} s")
+    if record["skipped_steps"]:
+        line += f"  skipped {record['skipped_steps']}"
+    return line + ("  *best" if record["best"] else "")
+
+
+class Board:
+    """TensorBoard events, when `torch.utils.tensorboard` can be imported; else a one-line note."""
+
+    def __init__(self, folder: Path, enabled: bool, log):
+        self.folder, self.enabled, self.log, self.writer = folder, enabled, log, None
+
+    def open(self, purge_step: Optional[int]) -> None:
+        if not self.enabled:
+            return
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except Exception:  # ImportError, or a tensorboard that does not match this torch
+            self.log("note: no TensorBoard events: the tensorboard package is not installed (pip install tensorboard)")
+            return
+        # purge_step hides events a killed process wrote past the checkpoint being resumed.
+        self.writer = SummaryWriter(str(self.folder), purge_step=purge_step)
+
+    def epoch(self, record: dict, recon: Optional[np.ndarray], samples: Optional[np.ndarray]) -> None:
+        if self.writer is None:
+            return
+        epoch = record["epoch"]
+        for key, value in record.items():
+            if key != "epoch" and isinstance(value, (int, float)) and not isinstance(value, bool):
+                self.writer.add_scalar(key, value, epoch)
+        for name, grid in (("reconstructions", recon), ("samples", samples)):
+            if grid is not None:
+                self.writer.add_image(name, grid, epoch, dataformats="HWC")
+        self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+class RunLog:
+    """Messages to stderr and, time-stamped, to the run's log.txt."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __call__(self, message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+        with open(self.path, "a", encoding="utf-8") as file:
+            file.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}\n")
+
+
+@contextmanager
+def stop_on_signals(trainer: Trainer, log):
+    """Ctrl-C or SIGTERM (what a preempted machine gets): finish the step, save, stop. Twice: abort."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    owner = os.getpid()
+
+    def handler(signum, frame):
+        if os.getpid() != owner:  # a forked data worker inherited this handler: the main process decides
+            return
+        if trainer.stop_requested:
+            raise KeyboardInterrupt
+        trainer.stop_requested = True
+        log(f"{signal.Signals(signum).name}: stopping after this step once a checkpoint is written (again to abort)")
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+# --------------------------------------------------------------------------------------------
+# run folders
+# --------------------------------------------------------------------------------------------
+
+
+def create_run_dir(root: Path, name: Optional[str], now: Optional[float] = None) -> Path:
+    """A new folder named by the start time; a counter is appended if that name is taken."""
+    if name is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", name):
+        raise VaelabError(f"run.name: {name!r} must be a plain name of letters, digits, '.', '_' and '-'")
+    base = time.strftime(STAMP, time.localtime(now)) + (f"_{name}" if name else "")
+    try:
+        Path(root).mkdir(parents=True, exist_ok=True)
+        for n in itertools.count(1):
+            folder = Path(root) / (base if n == 1 else f"{base}-{n}")
+            try:
+                folder.mkdir()  # atomic: two runs started in the same second get different folders
+                return folder
+            except FileExistsError:
+                continue
+    except OSError as error:
+        raise VaelabError(f"run.root: cannot create a run folder in {root} ({error.strerror}); choose another run.root") from None
+    raise AssertionError("unreachable")
+
+
+def identity(config: Config) -> dict:
+    """What makes two configs 'the same run' for --resume auto: everything but run.name."""
+    values = config.to_dict()
+    values["run"].pop("name", None)
+    return values
+
+
+def flat(values: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            out.update(flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def resume_config(run_dir: Path, given: Optional[Config]) -> Config:
+    """The run's own config, with the keys a resume may change taken from `given`."""
+    if not (run_dir / "config.yaml").is_file() or not (run_dir / "run.json").is_file():
+        raise VaelabError(f"{run_dir}: not a run folder (no config.yaml and run.json); pass a folder under run.root")
+    saved = load_config(run_dir / "config.yaml")
+    if given is None:
+        return saved
+    old, new = flat(saved.to_dict()), flat(given.to_dict())
+    changed = [k for k in new if old.get(k) != new[k] and not k.startswith(RESUME_MAY_CHANGE)]
+    if changed:
+        shown = ", ".join(f"{k} ({old.get(k)!r} -> {new[k]!r})" for k in changed[:3])
+        raise VaelabError(f"{run_dir}: resuming with a different config: {shown}; resume without -c/--set "
+                          "(only train.epochs, train.device, data.workers and run.* may change), or start a new run")
+    given = given.model_copy(deep=True)
+    given.run.root, given.run.name = saved.run.root, saved.run.name
+    return given
+
+
+def find_resumable(config: Config) -> Optional[Path]:
+    """The newest unfinished run under run.root with the same config that no process is training."""
+    root, wanted = Path(config.run.root), identity(config)
+    if not root.is_dir():
+        return None
+    found = []
+    for folder in root.iterdir():
+        status = read_json(folder / "run.json")
+        if not status or status.get("status") in NOT_RESUMABLE:
+            continue
+        try:
+            if identity(load_config(folder / "config.yaml")) != wanted:
+                continue
+        except VaelabError:
+            continue
+        if not is_locked(folder):
+            found.append((status.get("created", 0.0), folder.name, folder))
+    return max(found)[2] if found else None
+
+
+def lock_run(run_dir: Path):
+    """An exclusive lock for as long as this process trains the run; the OS drops it if we die."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no lock, the user keeps one process per run
+        return None
+    file = open(run_dir / ".lock", "a+")
+    try:
+        fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        file.close()
+        raise VaelabError(f"{run_dir}: another vaelab process is training this run; wait for it or stop it") from None
+    return file
+
+
+def is_locked(run_dir: Path) -> bool:
+    try:
+        lock_run(run_dir).close()
+        return False
+    except VaelabError:
+        return True
+    except (AttributeError, OSError):
+        return False
+
+
+def write_status(run_dir: Path, status: str, trainer: Trainer) -> None:
+    previous = read_json(run_dir / "run.json") or {}
+    write_json(run_dir / "run.json", {
+        "status": status, "created": previous.get("created", time.time()), "updated": time.time(),
+        "epoch": trainer.epoch, "epochs": trainer.config.train.epochs, "step": trainer.step,
+        "best_epoch": trainer.best_epoch, "pid": os.getpid()})
+
+
+def repair_after_kill(checkpoints: CheckpointFolder, trainer: Trainer, every: int) -> None:
+    """A kill between writing an epoch-end last.pt and linking it leaves the links stale; redo them."""
+    checkpoints.drop_after(trainer.epoch)
+    if trainer.batch == 0:
+        epoch = trainer.epoch
+        numbered = epoch > 0 and (epoch % every == 0 or epoch == trainer.config.train.epochs)
+        best = epoch > 0 and trainer.best_epoch == epoch
+        last = checkpoints.path(LAST)
+        link_state(last, checkpoints.path(LAST_EPOCH))
+        if best:
+            link_state(last, checkpoints.path(BEST))
+        if numbered:
+            link_state(last, checkpoints.path(f"epoch-{epoch:04d}.pt"))
+            checkpoints.prune()
+
+
+def trim_metrics(path: Path, epochs_done: int) -> None:
+    """Keep the complete lines of the first `epochs_done` epochs: the rest is redone by the resume."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue  # a line torn by the kill
+        if record.get("epoch", 0) <= epochs_done:
+            kept.append(line)
+    write_text(path, "".join(f"{line}\n" for line in kept))
+
+
+# --------------------------------------------------------------------------------------------
+# snapshots and small file helpers
+# --------------------------------------------------------------------------------------------
+
+
+def snapshot_source(folder: Path) -> None:
+    """Copy the vaelab package as it runs, plus its git commit and uncommitted diff."""
+    package = Path(vaelab.__file__).parent
+    shutil.copytree(package, folder / "vaelab", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    state = git_state(package)
+    diff = state.pop("diff", "")
+    write_json(folder / "git.json", state)
+    if diff:
+        write_text(folder / "git.diff", diff)
+
+
+def git_state(folder: Path, timeout: float = 10.0) -> dict:
+    """Commit, status and diff of the repository holding `folder`; a note when there is none."""
+    def git(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["git", "-C", str(folder), *args], capture_output=True, text=True,
+                              timeout=timeout, stdin=subprocess.DEVNULL)
+
+    try:
+        head = git("rev-parse", "HEAD")
+        if head.returncode != 0:
+            return {"git": "not in a git repository with commits"}
+        status = git("status", "--porcelain", "--", ".")
+        diff = git("diff", "HEAD", "--", ".")
+    except (OSError, subprocess.SubprocessError) as error:  # no git, or it hung
+        return {"git": f"unavailable ({type(error).__name__})"}
+    return {"commit": head.stdout.strip(), "dirty": bool(status.stdout.strip()),
+            "status": status.stdout.splitlines()[:200], "diff": diff.stdout[:10_000_000]}
+
+
+def environment(device: torch.device, model: ConvVAE, trainer: Trainer) -> dict:
+    import pydantic
+
+    cpu = platform.processor()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {
+        "vaelab": vaelab.__version__, "python": sys.version.split()[0], "platform": platform.platform(),
+        "torch": torch.__version__, "cuda": torch.version.cuda, "numpy": np.__version__,
+        "pydantic": pydantic.__version__, "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu,
+        "precision": str(trainer.amp) if trainer.amp else "float32", "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(), "hostname": platform.node(), "argv": sys.argv,
+        "parameters": count_parameters(model),
+    }
+
+
+def rss_mb() -> Optional[float]:
+    """Resident memory of this process now (Linux), else its peak."""
+    try:
+        with open("/proc/self/statm") as file:
+            return round(int(file.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20, 1)
+    except (OSError, ValueError, IndexError, AttributeError):
+        pass
+    try:
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+        return round(peak / (2**20 if sys.platform == "darwin" else 2**10), 1)
+    except (ImportError, OSError):
+        return None
+
+
+def write_text(path: Path, text: str) -> None:
+    """Atomic: a temp file beside `path`, then a rename."""
+    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    temporary.write_text(text, encoding="utf-8")
+    os.replace(temporary, path)
+
+
+def write_json(path: Path, value) -> None:
+    write_text(path, json.dumps(value, indent=2) + "\n")
+
+
+def read_json(path: Path) -> Optional[dict]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def append_json_line(path: Path, record: dict) -> None:
+    with open(path, "a", encoding="utf-8") as file:
+        file.write(json.dumps(record) + "\n")
+        file.flush()
+        os.fsync(file.fileno())
+
+
+# --------------------------------------------------------------------------------------------
+# using a trained run
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class LoadedRun:
+    """A trained model (eval mode) with the config it was trained with.
+
+    `data` holds the settings inputs must follow: size, fit, scale.
+    """
+
+    run_dir: Path
+    config: Config
+    model: ConvVAE
+    checkpoint: Path
+    epoch: int
+    device: torch.device
+
+    @property
+    def data(self):
+        return self.config.data
+
+    @torch.no_grad()
+    def encode(self, pixels: Union[np.ndarray, torch.Tensor]) -> torch.Tensor:
+        """uint8 images (N, H, W, 3), already fitted to data.size -> posterior means (N, latent)."""
+        x = torch.as_tensor(pixels).to(self.device).permute(0, 3, 1, 2).float()
+        inputs = scale_pixels(x, torch.ones_like(x[:, :1]), self.config.data.scale)
+        return self.model.encode(inputs.x)[0]
+
+    @torch.no_grad()
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Latents (N, latent) -> uint8 images (N, H, W, 3)."""
+        return to_pixels(self.model.decode(z.to(self.device)), self.config.data.scale)
+
+
+def load_run(run_dir: Union[str, Path], checkpoint: str = "best", device: str = "cpu") -> LoadedRun:
+    """`vae = load_run("runs/...")`: the best weights (or `checkpoint="last"`), ready to use."""
+    run_dir = Path(run_dir)
+    config = resume_config(run_dir, None)
+    folder = run_dir / "checkpoints"
+    names = [f"{checkpoint}.pt", LAST] if checkpoint in ("best", "last") else [checkpoint]
+    path = next((folder / n for n in names if (folder / n).is_file()), None)
+    if path is None:
+        raise VaelabError(f"{run_dir}: no checkpoint ({' or '.join(names)}) in {folder}; train the run first")
+    state = load_state(path)
+    target = select_device(device)
+    model = build_model(config.model, config.data.size)
+    model.load_state_dict(state["model"])
+    model.to(target).eval()
+    return LoadedRun(run_dir, config, model, path, state["progress"]["epoch"], target)

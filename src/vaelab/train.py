@@ -1,0 +1,523 @@
+"""The Trainer: guarded optimisation steps, evaluation, and a training state that resumes exactly.
+
+The trainer does no file I/O. The run layer (`vaelab.runs`) hands `fit` a `Callbacks` object
+that saves checkpoints, writes metrics and images, and supplies the state to roll back to.
+
+Exact resume. Everything a step depends on is in `state_dict()`: weights, optimizer, grad
+scaler, learned sigma, every RNG (torch, CUDA, numpy, python), the epoch, the batch position
+in the epoch, the step, the guard's running statistics and the epoch's partial sums. The data
+order is a pure function of (seed, epoch), so a resumed run asks the loader for the remaining
+batches of the epoch. Two things would otherwise break bit-exactness and are fenced off:
+- torch's DataLoader draws a seed from the global torch RNG each time it starts, which the
+  model's sampling noise also uses; every batch fetch runs inside `fork_rng` (`isolated`).
+- evaluation samples z too; it runs with its own fixed seed inside `fork_rng`.
+
+Guard. A step whose loss or gradient norm is non-finite, or spikes far above its running
+level, is not applied: the gradients are dropped and the step is counted as skipped. After
+`train.rollback_after` bad steps in a row the trainer asks the callbacks for the state at the
+end of the last completed epoch, reloads its weights and optimizer, and lowers the lr by
+`train.rollback_lr_factor`; data position, RNG and step count go on forward.
+
+Metric conventions (the per-batch ones are defined in `vaelab.losses`):
+- train_loss/recon/kl: means over the epoch's applied steps (loss includes KL warm-up and free bits).
+- val_loss = val_recon + beta * val_kl, with the raw KL: no warm-up, no free bits, so epochs compare.
+- val_mse: squared error per real (unpadded) pixel and channel between the image pixels and the
+  reconstruction as it is shown (mapped back to 0..255, clamped, rounded), both divided by 255;
+  val_psnr = 10 log10(1 / val_mse). Both are in image pixels, so runs with different
+  `data.scale` compare.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import sys
+import time
+import warnings
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+from typing import Iterator, Optional, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+from vaelab.config import Config
+from vaelab.data.grid import image_grid
+from vaelab.data.loader import Batch, ImageLoader, epoch_order
+from vaelab.data.scaling import box_masks, to_model_input, to_pixels
+from vaelab.errors import VaelabError
+from vaelab.losses import check_scaling, kl_weight_at, make_log_sigma, vae_loss
+
+STATE_FORMAT = "vaelab-train-state"
+STATE_VERSION = 1
+SKIP_LOG_LIMIT = 20  # skipped steps logged one by one per epoch; the rest are only counted
+
+
+class Callbacks(Protocol):
+    """What `Trainer.fit` needs from the run layer."""
+
+    def after_step(self, trainer: "Trainer") -> None: ...  # may save a mid-epoch checkpoint
+    def epoch_end(self, trainer: "Trainer", record: dict) -> None: ...  # metrics, images, checkpoints
+    def rollback_state(self) -> dict: ...  # the training state at the end of the last completed epoch
+    def log(self, message: str) -> None: ...
+
+
+class StopTraining(Exception):
+    """Raised by a callback to end the run cleanly (e.g. the disk is nearly full)."""
+
+
+# --------------------------------------------------------------------------------------------
+# device, precision, RNG
+# --------------------------------------------------------------------------------------------
+
+
+def select_device(name: str) -> torch.device:
+    """`auto` picks cuda, then mps, then cpu. An explicit device that is not there is an error."""
+    mps = getattr(torch.backends, "mps", None)
+    has_mps = bool(mps and mps.is_available())
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "mps" if has_mps else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise VaelabError(f"train.device: unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
+        raise VaelabError(f"train.device: {name} is not available here; use auto or cpu")
+    if device.type == "mps" and not has_mps:
+        raise VaelabError("train.device: mps is not available here; use auto or cpu")
+    return device
+
+
+def amp_dtype(setting: str, device: torch.device) -> Optional[torch.dtype]:
+    """The autocast dtype, or None for float32. Mixed precision is for CUDA only."""
+    if device.type != "cuda":
+        if setting in ("bf16", "fp16"):
+            warnings.warn(f"train.amp: {setting} is for CUDA GPUs; training on {device.type} in float32")
+        return None
+    if setting == "off":
+        return None
+    if setting == "fp16":
+        return torch.float16
+    if torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    if setting == "bf16":
+        raise VaelabError("train.amp: this GPU has no bf16; set train.amp: fp16 or off")
+    return None  # auto on an old GPU: float32 rather than fp16's overflow handling
+
+
+def capture_rng() -> dict:
+    """Every RNG state, in types that torch.load(weights_only=True) accepts."""
+    _, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached": float(cached)},
+        "python": random.getstate(),
+    }
+    return state
+
+
+def restore_rng(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+
+
+def isolated(batches: Iterator[Batch]) -> Iterator[Batch]:
+    """Fetch each batch with the global torch RNG saved and restored around it (see module doc)."""
+    while True:
+        with torch.random.fork_rng(devices=[]):
+            try:
+                batch = next(batches)
+            except StopIteration:
+                return
+        yield batch
+
+
+def batch_index(loader: ImageLoader, epoch: int) -> np.ndarray:
+    """selection position -> index of its batch in `epoch`'s order. The loader drops a batch whose
+    images all failed to decode, so counting yielded batches would lose the place in the epoch."""
+    plan = epoch_order(len(loader.positions), loader.batch_size, loader.seed, epoch, loader.shuffle, loader.drop_last)
+    index = np.full(len(loader.images), -1, dtype=np.int64)
+    for i, rows in enumerate(plan):
+        index[loader.positions[rows]] = i
+    return index
+
+
+# --------------------------------------------------------------------------------------------
+# the guard
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Guard:
+    """Judges each step by its loss and gradient norm against their running level.
+
+    The running mean and mean absolute deviation are exponential averages over applied steps
+    only, so a burst of bad steps cannot drag the reference up to meet it.
+    """
+
+    spike_factor: float
+    warmup: int
+    seen: int = 0  # applied steps since the start or the last rollback
+    loss_mean: float = 0.0
+    loss_dev: float = 0.0
+    norm_mean: float = 0.0
+    norm_dev: float = 0.0
+    streak: int = 0  # bad steps in a row
+    skipped: int = 0  # skipped steps, whole run
+    rollbacks: int = 0
+    decay: float = 0.98
+
+    def judge(self, loss: float, norm: float) -> Optional[str]:
+        """None when the step may be applied, else the reason it may not."""
+        if not math.isfinite(loss):
+            return f"non-finite loss ({loss})"
+        if not math.isfinite(norm):
+            return f"non-finite gradient norm ({norm})"
+        if self.spike_factor > 0 and self.seen >= self.warmup:
+            for name, value, mean, dev in (("loss", loss, self.loss_mean, self.loss_dev),
+                                           ("gradient norm", norm, self.norm_mean, self.norm_dev)):
+                if value > mean + self.spike_factor * max(dev, 1e-3 * abs(mean), 1e-12):
+                    return f"{name} spike ({value:.4g}, running mean {mean:.4g})"
+        return None
+
+    def accept(self, loss: float, norm: float) -> None:
+        if self.seen == 0:
+            self.loss_mean, self.norm_mean, self.loss_dev, self.norm_dev = loss, norm, 0.0, 0.0
+        else:
+            # A plain average over the first steps, then an exponential one: an EMA started from
+            # zero would underestimate the deviation and call ordinary noise a spike.
+            a = max(1.0 - self.decay, 1.0 / (self.seen + 1))
+            b = max(1.0 - self.decay, 1.0 / self.seen)
+            self.loss_dev += b * (abs(loss - self.loss_mean) - self.loss_dev)
+            self.loss_mean += a * (loss - self.loss_mean)
+            self.norm_dev += b * (abs(norm - self.norm_mean) - self.norm_dev)
+            self.norm_mean += a * (norm - self.norm_mean)
+        self.seen += 1
+        self.streak = 0
+
+
+# --------------------------------------------------------------------------------------------
+# the trainer
+# --------------------------------------------------------------------------------------------
+
+
+def empty_sums() -> dict:
+    return {"loss": 0.0, "recon": 0.0, "kl": 0.0, "grad_norm": 0.0, "applied": 0, "skipped": 0}
+
+
+class Trainer:
+    def __init__(self, config: Config, model: nn.Module, device: torch.device):
+        check_scaling(config.loss, config.data.scale, config.model.output_activation)
+        self.config, self.device = config, device
+        self.model = model.to(device)
+        if device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick the fastest kernels
+        self.amp = amp_dtype(config.train.amp, device)
+        self.log_sigma: Optional[nn.Parameter] = None
+        if config.loss.reconstruction == "gaussian" and config.loss.sigma == "learned":
+            self.log_sigma = nn.Parameter(make_log_sigma().detach().to(device))
+        self.params = list(model.parameters()) + ([self.log_sigma] if self.log_sigma is not None else [])
+        t = config.train
+        optimizer = torch.optim.AdamW if t.optimizer == "adamw" else torch.optim.Adam
+        self.optimizer = optimizer(self.params, lr=t.lr, weight_decay=t.weight_decay)
+        # fp16 needs loss scaling to keep small gradients from flushing to zero; bf16 does not.
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp == torch.float16)
+        self.guard = Guard(t.spike_factor, t.spike_warmup_steps)
+        self.epoch = 0  # completed epochs
+        self.batch = 0  # batches done in the current epoch (its position in the epoch's order)
+        self.step = 0  # batches done in the whole run, applied or skipped
+        self.lr_scale = 1.0  # lowered by each rollback
+        self.best_loss, self.best_epoch = math.inf, 0
+        self.sums = empty_sums()
+        self.per_epoch = 1  # set by fit from the loader
+        self.time_base = 0.0  # active seconds before this process took over
+        self.clock = time.monotonic()
+        self.stop_requested = False  # set by a signal handler: stop after the current step
+
+    # --- one step ------------------------------------------------------------------------
+
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=self.amp) if self.amp else nullcontext()
+
+    def kl_weight(self) -> float:
+        return kl_weight_at(self.config.loss, self.epoch + self.batch / self.per_epoch)
+
+    @property
+    def lr(self) -> float:
+        return self.config.train.lr * self.lr_scale
+
+    def train_step(self, batch: Batch) -> Optional[str]:
+        """One guarded optimisation step. None when the weights were updated, else why they were not."""
+        inputs = to_model_input(batch, self.config.data.scale, self.device)
+        with self.autocast():
+            out = self.model(inputs.x)
+        parts = vae_loss(out, inputs.x, inputs.mask, self.config.loss, self.kl_weight(), self.log_sigma)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(parts["loss"]).backward()
+        self.scaler.unscale_(self.optimizer)  # no-op without fp16; the norm must be in true units
+        grads = [p.grad for p in self.params if p.grad is not None]
+        norm = torch.nn.utils.get_total_norm(grads)
+        # One device sync per step: the guard must see the values before the weights change.
+        loss, norm_value, recon, kl = torch.stack(
+            [parts["loss"].detach().float(), norm.float(), parts["recon"], parts["kl"]]).tolist()
+        reason = self.guard.judge(loss, norm_value)
+        if reason is None:
+            if self.config.train.grad_clip:
+                torch.nn.utils.clip_grads_with_norm_(self.params, self.config.train.grad_clip, norm)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.guard.accept(loss, norm_value)
+            for key, value in (("loss", loss), ("recon", recon), ("kl", kl), ("grad_norm", norm_value)):
+                self.sums[key] += value
+            self.sums["applied"] += 1
+            return None
+        self.optimizer.zero_grad(set_to_none=True)
+        # An fp16 overflow with a finite loss is the scaler's normal calibration: it lowers the
+        # scale; the step is skipped but is no sign of divergence, so it does not count to a rollback.
+        overflow = self.scaler.is_enabled() and math.isfinite(loss) and not math.isfinite(norm_value)
+        if self.scaler.is_enabled():
+            self.scaler.update()
+        self.guard.skipped += 1
+        self.sums["skipped"] += 1
+        if not overflow:
+            self.guard.streak += 1
+        return reason
+
+    def roll_back(self, state: dict, reason: str) -> str:
+        """Reload weights and optimizer from `state`, lower the lr; returns the log line."""
+        old_lr = self.lr
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if state["scaler"]:  # empty when saved without fp16
+            self.scaler.load_state_dict(state["scaler"])
+        if self.log_sigma is not None and state["log_sigma"] is not None:
+            self.log_sigma.data.copy_(state["log_sigma"])
+        self.lr_scale *= self.config.train.rollback_lr_factor
+        self.set_lr()
+        self.guard.rollbacks += 1
+        self.guard.streak = 0
+        self.guard.seen = 0  # re-learn the running level from the restored weights
+        epoch = state["progress"]["epoch"]
+        return (f"step {self.step}: {self.config.train.rollback_after} bad steps in a row (last: {reason}); "
+                f"rolled back to the weights at the end of epoch {epoch} and lowered lr {old_lr:.3g} -> {self.lr:.3g}")
+
+    def set_lr(self) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr
+
+    # --- evaluation and images -----------------------------------------------------------
+
+    @torch.no_grad()
+    def evaluate(self, loader: ImageLoader) -> dict:
+        """Validation metrics (see the module doc), deterministic: z is sampled with a fixed seed."""
+        self.model.eval()
+        beta, scale = self.config.loss.beta, self.config.data.scale
+        count, recon, kl, sq_err, real = 0, 0.0, 0.0, 0.0, 0.0
+        devices = [self.device.index or 0] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(self.config.train.seed)
+            for batch in isolated(loader.batches(0, stop=self.config.train.val_batches)):
+                inputs = to_model_input(batch, scale, self.device)
+                with self.autocast():
+                    out = self.model(inputs.x)
+                parts = vae_loss(out, inputs.x, inputs.mask, self.config.loss, beta, self.log_sigma)
+                n = len(batch)
+                count += n
+                recon += parts["recon"].item() * n
+                kl += parts["kl"].item() * n
+                shown = to_pixels(out.recon, scale, inputs.mean, inputs.std).float()
+                mask = box_masks(batch.boxes, *batch.pixels.shape[1:3]).permute(0, 2, 3, 1)
+                sq_err += (((shown - batch.pixels.float()) / 255.0) ** 2 * mask).sum().item()
+                real += mask.sum().item() * batch.pixels.shape[3]
+        self.model.train()
+        if count == 0:
+            return {}
+        mse = sq_err / max(real, 1.0)
+        return {"val_loss": (recon + beta * kl) / count, "val_recon": recon / count, "val_kl": kl / count,
+                "val_mse": mse, "val_psnr": 10 * math.log10(1.0 / mse) if mse > 0 else 100.0}
+
+    @torch.no_grad()
+    def reconstruction_grid(self, batch: Batch) -> np.ndarray:
+        """Originals (top row) above their reconstructions from the posterior mean, in image pixels."""
+        self.model.eval()
+        inputs = to_model_input(batch, self.config.data.scale, self.device)
+        mu, _ = self.model.encode(inputs.x)
+        shown = to_pixels(self.model.decode(mu), self.config.data.scale, inputs.mean, inputs.std)
+        self.model.train()
+        return image_grid(torch.cat([batch.pixels, shown]).numpy(), columns=len(batch))
+
+    @torch.no_grad()
+    def sample_grid(self, count: int, columns: int = 8) -> np.ndarray:
+        """Decoded prior samples; the same noise every epoch, so the grids show training progress."""
+        self.model.eval()
+        generator = torch.Generator().manual_seed(self.config.train.seed)
+        samples = to_pixels(self.model.sample(count, generator=generator), self.config.data.scale)
+        self.model.train()
+        return image_grid(samples.numpy(), columns=columns)
+
+    # --- the loop ------------------------------------------------------------------------
+
+    def elapsed(self) -> float:
+        return self.time_base + time.monotonic() - self.clock
+
+    def fit(self, train: ImageLoader, val: Optional[ImageLoader], callbacks: Callbacks,
+            progress: Optional[bool] = None) -> str:
+        """Train until `train.epochs` are done. Returns finished, interrupted, stopped or diverged."""
+        t = self.config.train
+        self.per_epoch = min(train.batches_per_epoch(), t.batches_per_epoch or sys.maxsize)
+        self.clock = time.monotonic()
+        self.model.train()
+        bar = ProgressBar(progress, t.epochs, self.per_epoch, done=self.epoch * self.per_epoch + self.batch)
+        try:
+            with bar:
+                while self.epoch < t.epochs:
+                    status = self._train_epoch(train, callbacks, bar)
+                    if status:
+                        return status
+                    record = self._end_epoch(val)
+                    callbacks.epoch_end(self, record)
+                    if self.stop_requested:
+                        return "interrupted"
+        except StopTraining as stop:
+            callbacks.log(f"stopped: {stop}")
+            return "stopped"
+        return "finished"
+
+    def _train_epoch(self, train: ImageLoader, callbacks: Callbacks, bar: "ProgressBar") -> Optional[str]:
+        t = self.config.train
+        index = batch_index(train, self.epoch)
+        batches = isolated(train.batches(self.epoch, start=self.batch, stop=self.per_epoch))
+        while True:
+            try:
+                batch = next(batches)
+            except StopIteration:
+                return None
+            except RuntimeError:
+                # Ctrl-C also reaches the first epoch's decoding workers, whose exit surfaces here.
+                if not self.stop_requested:
+                    raise
+                callbacks.after_step(self)
+                return "interrupted"
+            reason = self.train_step(batch)
+            self.batch = int(index[int(batch.positions[0])]) + 1
+            self.step += 1
+            if reason is not None:
+                if self.sums["skipped"] <= SKIP_LOG_LIMIT:
+                    callbacks.log(f"step {self.step}: skipped, {reason}")
+                if self.guard.streak >= t.rollback_after:
+                    if self.guard.rollbacks >= t.max_rollbacks:
+                        callbacks.log(f"stopped: training diverged after {self.guard.rollbacks} rollbacks "
+                                      f"(last: {reason}); lower train.lr or set train.grad_clip")
+                        return "diverged"
+                    callbacks.log(self.roll_back(callbacks.rollback_state(), reason))
+            bar.update(self)
+            callbacks.after_step(self)
+            if self.stop_requested:
+                return "interrupted"
+
+    def _end_epoch(self, val: Optional[ImageLoader]) -> dict:
+        s = self.sums
+        applied = max(s["applied"], 1)
+        mean = (lambda key: s[key] / applied) if s["applied"] else (lambda key: None)
+        record = {"epoch": self.epoch + 1, "step": self.step, "time_s": round(self.elapsed(), 3),
+                  "train_loss": mean("loss"), "train_recon": mean("recon"), "train_kl": mean("kl")}
+        record.update({"val_loss": None, "val_recon": None, "val_kl": None, "val_mse": None, "val_psnr": None})
+        if val is not None:
+            record.update(self.evaluate(val))
+        record.update({"lr": self.lr, "kl_weight": self.kl_weight(), "grad_norm": mean("grad_norm"),
+                       "skipped_steps": s["skipped"], "rollbacks": self.guard.rollbacks})
+        judged = record["val_loss"] if record["val_loss"] is not None else record["train_loss"]
+        record["best"] = judged is not None and judged < self.best_loss
+        if record["best"]:
+            self.best_loss, self.best_epoch = judged, self.epoch + 1
+        self.epoch, self.batch, self.sums = self.epoch + 1, 0, empty_sums()
+        return record
+
+    # --- training state ------------------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        """The complete training state: tensors, numbers, strings, lists and dicts only."""
+        return {
+            "format": STATE_FORMAT,
+            "version": STATE_VERSION,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "log_sigma": None if self.log_sigma is None else self.log_sigma.detach().clone(),
+            "rng": capture_rng(),
+            "progress": {"epoch": self.epoch, "batch": self.batch, "step": self.step, "time_s": self.elapsed(),
+                         "lr_scale": self.lr_scale, "best_loss": self.best_loss, "best_epoch": self.best_epoch},
+            "guard": asdict(self.guard),
+            "sums": dict(self.sums),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("format") != STATE_FORMAT or state.get("version") != STATE_VERSION:
+            raise VaelabError(f"checkpoint: not a vaelab training state of version {STATE_VERSION}; start a new run")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if state["scaler"]:  # empty when saved without fp16
+            self.scaler.load_state_dict(state["scaler"])
+        if self.log_sigma is not None and state["log_sigma"] is not None:
+            self.log_sigma.data.copy_(state["log_sigma"])
+        p = state["progress"]
+        self.epoch, self.batch, self.step, self.time_base = p["epoch"], p["batch"], p["step"], p["time_s"]
+        self.lr_scale, self.best_loss, self.best_epoch = p["lr_scale"], p["best_loss"], p["best_epoch"]
+        self.set_lr()
+        self.guard = Guard(**state["guard"])
+        self.sums = dict(state["sums"])
+        restore_rng(state["rng"])
+        self.clock = time.monotonic()
+
+
+# --------------------------------------------------------------------------------------------
+# progress bar
+# --------------------------------------------------------------------------------------------
+
+
+class ProgressBar:
+    """One bar over the whole run on stderr: epoch, batches, live losses and ETA. Off when
+    stderr is not a terminal (logs and CI get the per-epoch summary lines instead)."""
+
+    def __init__(self, enabled: Optional[bool], epochs: int, per_epoch: int, done: int):
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        console = Console(stderr=True)
+        self.enabled = console.is_terminal if enabled is None else enabled
+        self.epochs, self.per_epoch = epochs, per_epoch
+        self.progress = Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[losses]}"),
+            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=console, disable=not self.enabled)
+        self.task = self.progress.add_task("", total=epochs * per_epoch, completed=done, losses="")
+        self.last = 0.0
+
+    def __enter__(self):
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self.progress.__exit__(*exc)
+
+    def update(self, trainer: Trainer) -> None:
+        now = time.monotonic()
+        if not self.enabled or now - self.last < 0.1:  # formatting costs more than a small step
+            return
+        self.last = now
+        s = trainer.sums
+        losses = ""
+        if s["applied"]:
+            n = s["applied"]
+            losses = f"loss {s['loss'] / n:.4g}  recon {s['recon'] / n:.4g}  kl {s['kl'] / n:.4g}"
+        if s["skipped"]:
+            losses += f"  skipped {s['skipped']}"
+        self.progress.update(self.task, completed=trainer.epoch * self.per_epoch + trainer.batch,
+                             description=f"epoch {trainer.epoch + 1}/{self.epochs}", losses=losses)

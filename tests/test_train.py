@@ -1,0 +1,131 @@
+"""The trainer: guard and rollback, training state, device and precision choice."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+import vaelab.train
+from vaelab.checkpoints import load_state
+from vaelab.config import load_config
+from vaelab.model import build_model
+from vaelab.train import Guard, Trainer, amp_dtype, select_device
+from test_runs import make_images, metrics, write_config
+
+
+@pytest.fixture
+def config_path(tmp_path):
+    return write_config(tmp_path, make_images(tmp_path / "images"), tmp_path / "runs")
+
+
+def poison_losses(monkeypatch, bad_steps: set[int]) -> None:
+    """Make the training loss NaN on the given (1-based) training steps; evaluation is left alone."""
+    real = vaelab.train.vae_loss
+    calls = {"n": 0}
+
+    def poisoned(out, *args, **kwargs):
+        parts = real(out, *args, **kwargs)
+        if torch.is_grad_enabled():  # a training step, not evaluation
+            calls["n"] += 1
+            if calls["n"] in bad_steps:
+                parts["loss"] = parts["loss"] * float("nan")
+        return parts
+
+    monkeypatch.setattr(vaelab.train, "vae_loss", poisoned)
+
+
+def test_nan_steps_are_skipped_then_rolled_back_with_lower_lr(config_path, monkeypatch):
+    # Steps 8..12 (epoch 2 of 6-batch epochs) give NaN: 5 bad steps in a row trigger a rollback.
+    poison_losses(monkeypatch, set(range(8, 13)))
+    run_dir = vaelab.runs.train_run(load_config(config_path, ["train.rollback_after=5"]))
+
+    records = metrics(run_dir)
+    assert [r["skipped_steps"] for r in records] == [0, 5, 0]
+    assert [r["rollbacks"] for r in records] == [0, 1, 1]
+    assert [r["lr"] for r in records] == [0.003, 0.0015, 0.0015]
+    assert all(math.isfinite(r["train_loss"]) and math.isfinite(r["val_loss"]) for r in records)
+    log = (run_dir / "log.txt").read_text()
+    assert "step 8: skipped, non-finite loss" in log
+    assert "rolled back to the weights at the end of epoch 1 and lowered lr 0.003 -> 0.0015" in log
+    state = load_state(run_dir / "checkpoints" / "last.pt")
+    assert all(torch.isfinite(t).all() for t in state["model"].values())
+    assert state["guard"]["skipped"] == 5 and state["progress"]["lr_scale"] == 0.5
+
+
+def test_a_run_that_keeps_diverging_stops(config_path, monkeypatch):
+    poison_losses(monkeypatch, set(range(8, 100)))
+    run_dir = vaelab.runs.train_run(load_config(config_path, ["train.rollback_after=2", "train.max_rollbacks=1"]))
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "diverged"
+    assert "training diverged after 1 rollbacks" in (run_dir / "log.txt").read_text()
+    state = load_state(run_dir / "checkpoints" / "last.pt")
+    assert all(torch.isfinite(t).all() for t in state["model"].values())
+
+
+def test_guard_judges_non_finite_values_and_spikes():
+    guard = Guard(spike_factor=10.0, warmup=5)
+    assert "non-finite loss" in guard.judge(float("nan"), 1.0)
+    assert "non-finite gradient" in guard.judge(1.0, float("inf"))
+    for i in range(20):
+        loss, norm = 100.0 + (i % 3), 5.0 + 0.1 * (i % 2)
+        assert guard.judge(loss, norm) is None
+        guard.accept(loss, norm)
+    assert guard.judge(102.0, 5.1) is None
+    assert "loss spike" in guard.judge(1e4, 5.0)
+    assert "gradient norm spike" in guard.judge(100.0, 500.0)
+    assert Guard(spike_factor=0.0, warmup=0, seen=50, loss_mean=1.0).judge(1e9, 1e9) is None  # spikes off
+
+
+def test_state_dict_round_trips_through_a_weights_only_file(config_path, tmp_path):
+    config = load_config(config_path, ["loss.reconstruction=gaussian", "loss.sigma=learned"])
+    torch.manual_seed(0)
+    trainer = Trainer(config, build_model(config.model, config.data.size), torch.device("cpu"))
+    trainer.epoch, trainer.batch, trainer.step, trainer.lr_scale = 2, 3, 15, 0.25
+    torch.save(trainer.state_dict(), tmp_path / "state.pt")
+    state = torch.load(tmp_path / "state.pt", weights_only=True)  # no pickled code needed
+
+    torch.manual_seed(123)  # scramble, then restore
+    other = Trainer(config, build_model(config.model, config.data.size), torch.device("cpu"))
+    other.load_state_dict(state)
+    assert (other.epoch, other.batch, other.step) == (2, 3, 15)
+    assert other.optimizer.param_groups[0]["lr"] == pytest.approx(config.train.lr * 0.25)
+    assert other.log_sigma is not None
+    assert all(torch.equal(a, b) for a, b in zip(other.model.state_dict().values(), trainer.model.state_dict().values()))
+    assert torch.equal(torch.get_rng_state(), state["rng"]["torch"])
+
+
+def test_device_and_precision_choice():
+    assert select_device("cpu").type == "cpu"
+    assert select_device("auto").type in ("cuda", "mps", "cpu")
+    with pytest.raises(vaelab.errors.VaelabError, match="train.device"):
+        select_device("tpu")
+    with pytest.warns(UserWarning, match="float32"):
+        assert amp_dtype("fp16", torch.device("cpu")) is None
+    assert amp_dtype("auto", torch.device("cpu")) is None
+
+
+def test_mixed_precision_paths_run_on_cpu(config_path):
+    """The GPU code paths (autocast, fp16 loss scaling, overflow handling), exercised on the CPU."""
+    config = load_config(config_path)
+    torch.manual_seed(0)
+    trainer = Trainer(config, build_model(config.model, config.data.size), torch.device("cpu"))
+    trainer.amp = torch.bfloat16
+    trainer.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    images = vaelab.data.loader.Batch(
+        torch.randint(0, 255, (4, 16, 16, 3), dtype=torch.uint8), torch.tensor([[0, 0, 16, 16]] * 4),
+        torch.arange(4))
+    before = [p.detach().clone() for p in trainer.model.parameters()]
+    assert trainer.train_step(images) is None
+    assert any(not torch.equal(a, p) for a, p in zip(before, trainer.model.parameters()))
+
+    # An fp16-style overflow (finite loss, inf gradient) is skipped and lowers the scale, but is
+    # not a sign of divergence: it does not count towards a rollback.
+    weight = next(trainer.model.parameters())
+    hook = weight.register_hook(lambda grad: torch.full_like(grad, float("inf")))
+    assert "non-finite gradient" in trainer.train_step(images)
+    hook.remove()
+    assert trainer.scaler.get_scale() == 2.0**9
+    assert trainer.guard.skipped == 1 and trainer.guard.streak == 0
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
