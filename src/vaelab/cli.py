@@ -227,6 +227,33 @@ def compare(run_dirs: tuple[Path, ...], thresholds: tuple[str, ...], out: Option
 
 
 # --------------------------------------------------------------------------------------------
+# vaelab sweep
+# --------------------------------------------------------------------------------------------
+
+
+@cli.command("sweep")
+@click.argument("plan_path", metavar="PLAN.yaml", type=click.Path(path_type=Path))
+@click.option("--workers", "-j", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Pairs trained at once on this machine, each in its own process with cores/N torch threads. "
+                   "On a CPU, --workers equal to the number of cores is usually fastest.")
+@click.option("--journal-only", is_flag=True,
+              help="Rebuild journal.md and journal.html from the existing runs; train nothing.")
+def sweep(plan_path: Path, workers: int, journal_only: bool) -> None:
+    """Run a sweep plan: a baseline config and one-change variants, each over several seeds.
+
+    Every (variant, seed) pair is an ordinary run folder, named <variant>-s<seed>, in the plan's
+    root (default runs/sweeps/<plan stem>). A restart skips finished pairs and resumes unfinished
+    ones in their own folders, so a killed sweep continues where it stopped. Then journal.md and
+    journal.html there measure each variant against the baseline at the final epoch: mean val
+    loss and PSNR, their change with a 95% CI, p (Welch's t-test) and a verdict. The plan's
+    baseline path is relative to the plan file's folder, else to the current directory.
+    """
+    from vaelab.experiments.sweep import sweep_command
+
+    sweep_command(plan_path, workers, journal_only)
+
+
+# --------------------------------------------------------------------------------------------
 # vaelab report
 # --------------------------------------------------------------------------------------------
 

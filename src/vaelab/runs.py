@@ -389,8 +389,9 @@ def resume_config(run_dir: Path, given: Optional[Config]) -> Config:
     changed = [k for k in new if old.get(k) != new[k] and not k.startswith(RESUME_MAY_CHANGE)]
     if changed:
         shown = ", ".join(f"{k} ({old.get(k)!r} -> {new[k]!r})" for k in changed[:3])
-        raise VaelabError(f"{run_dir}: resuming with a different config: {shown}; resume without -c/--set "
-                          "(only train.epochs, train.device, data.workers and run.* may change), or start a new run")
+        raise VaelabError(f"{run_dir}: resuming with a different config: {shown}; a resume may change only "
+                          "train.epochs, train.device, train.amp, data.workers, data.cache, data.cache_dir and run.*, "
+                          "so drop that setting or start a new run")
     given = given.model_copy(deep=True)
     given.run.root, given.run.name = saved.run.root, saved.run.name
     return given

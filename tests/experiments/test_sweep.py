@@ -16,7 +16,8 @@ import pytest
 
 from vaelab.errors import VaelabError
 from vaelab.experiments import sweep
-from vaelab.experiments.sweep import load_plan, pair_state, scan_runs, match_key, sweep_command
+from vaelab.experiments.journal import match_key, pair_state, scan_runs
+from vaelab.experiments.sweep import load_plan, sweep_command
 from vaelab.runs import train_run
 
 VERDICTS = ("better", "worse", "no significant difference", "not assessable")
@@ -97,7 +98,8 @@ def status(folder: Path) -> str:
     ("baseline: base.yaml\nseeds: [0]\nvariants:\n  - {name: a, set: {train.lr: 0.01}}\n"
      "  - {name: a, set: {train.lr: 0.02}}\n", r"variant 'a': the name is used twice"),
     ("baseline: base.yaml\nseeds: [0]\nvariants:\n  - {name: a, set: {train.lr: 0.01}}\n"
-     "  - {name: b, set: {train: {lr: 0.01}}}\n", r"variant 'b': runs exactly the same config as variant 'a'"),
+     "  - {name: b, set: {train: {lr: 0.01}}}\n",
+     r"variant 'b': runs exactly the same config as variant 'a'"),
     ("baseline: base.yaml\nseeds: []\nvariants:\n  - {name: a, set: {train.lr: 0.01}}\n", r"seeds: give a non-empty list"),
     ("baseline: base.yaml\nseeds: [0]\nset: {train.seed: 3}\nvariants:\n  - {name: a, set: {train.lr: 0.01}}\n",
      r"set: train\.seed is set by the sweep; list seeds under 'seeds:'"),
@@ -217,6 +219,26 @@ def test_workers_run_pairs_in_parallel_processes(tmp_path, base):
     assert "| sigmoid |" in (folder / "journal.md").read_text()
 
 
+def test_a_failed_pair_is_reported_after_the_others_ran(tmp_path, base, monkeypatch):
+    plan = load_plan(plan_file(tmp_path, seeds="[0, 1]"))
+    trained = []
+
+    def fake_train(config, resume=None, **kwargs):
+        trained.append(config.run.name)
+        if config.run.name == "sigmoid-s0":
+            raise RuntimeError("out of memory")
+        return fake_folder(config, 100.0 + config.train.seed, 20.0)
+
+    monkeypatch.setattr(sweep, "train_run", fake_train)
+    with pytest.raises(VaelabError, match=r"1 pair\(s\) did not finish: sigmoid-s0: failed \(RuntimeError: out of memory\)"):
+        sweep_command(plan.path)
+    assert trained == ["baseline-s0", "baseline-s1", "sigmoid-s0", "sigmoid-s1"]
+    state = json.loads((plan.folder / "sweep.json").read_text())["pairs"]
+    assert state["sigmoid-s0"]["status"] == "failed" and "out of memory" in state["sigmoid-s0"]["error"]
+    assert journal_rows(plan.folder)["sigmoid"][3] == "1/2"  # the journal is written with what finished
+    assert "sigmoid seed 0: failed; left out" in (plan.folder / "journal.md").read_text()
+
+
 # --------------------------------------------------------------------------------------------
 # the journal, from hand-written run folders
 # --------------------------------------------------------------------------------------------
@@ -224,10 +246,14 @@ def test_workers_run_pairs_in_parallel_processes(tmp_path, base):
 
 def fake_run(pair, val_loss: float, psnr: float, run_status: str = "finished") -> Path:
     """A run folder as train_run leaves it, as far as the sweep reads it."""
-    folder = pair.config.run.root / f"2026-01-01_00h00m00s_{pair.key}"
+    return fake_folder(pair.config, val_loss, psnr, run_status)
+
+
+def fake_folder(config, val_loss: float, psnr: float, run_status: str = "finished") -> Path:
+    folder = config.run.root / f"2026-01-01_00h00m00s_{config.run.name}"
     folder.mkdir(parents=True)
-    (folder / "config.yaml").write_text(pair.config.to_yaml())
-    epochs = pair.config.train.epochs
+    (folder / "config.yaml").write_text(config.to_yaml())
+    epochs = config.train.epochs
     (folder / "run.json").write_text(json.dumps({"status": run_status, "epoch": epochs, "created": 1.0}))
     lines = [{"epoch": e, "time_s": float(e), "val_loss": val_loss + (epochs - e), "val_psnr": psnr}
              for e in range(1, epochs + 1)]

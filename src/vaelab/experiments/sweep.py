@@ -22,11 +22,8 @@ The sweep folder holds one run folder per (variant, seed) pair, `<time>_<variant
     logs/<pair>.log        output of a pair trained by a worker process (--workers > 1)
     journal.md, journal.html
 
-Restart: the run folders are the source of truth and sweep.json is their index. Each pair is
-matched to the run folders whose config is the pair's (ignoring what a resume may change, such
-as train.epochs), so a sweep killed at any moment, even before sweep.json was written,
-continues: finished pairs are skipped, an unfinished pair is resumed in its own folder, a
-diverged pair is not retried, and a pair that another process is training is left alone.
+A restart skips finished pairs and resumes unfinished ones in their own folders; how each pair
+is matched to its run folder is told in `vaelab.experiments.journal` (the sweep's records).
 """
 
 from __future__ import annotations
@@ -47,7 +44,9 @@ import yaml
 
 from vaelab.config import Config, check_keys, load_config, read_yaml_mapping, set_dotted
 from vaelab.errors import VaelabError
-from vaelab.runs import RESUME_MAY_CHANGE, flat, identity, is_locked, read_json, train_run, write_json, write_text
+from vaelab.experiments.journal import (Found, SweepState, build_journal, journal_groups, match_key, pair_state,
+                                        print_journal, scan_runs, survey, write_journal)
+from vaelab.runs import flat, lock_run, train_run, write_text
 
 PLAN_KEYS = ("name", "root", "baseline", "seeds", "set", "variants")
 VARIANT_KEYS = ("name", "set", "hypothesis")
@@ -239,120 +238,6 @@ def experiment(config: Config) -> dict[str, Any]:
     return {k: v for k, v in flat(config.to_dict()).items() if not k.startswith(NOT_EXPERIMENTAL)}
 
 
-def match_key(config: Config) -> str:
-    """Which pair a run folder belongs to: its config without what a resume may change."""
-    values = flat(identity(config))
-    return repr(sorted((k, repr(v)) for k, v in values.items() if not k.startswith(RESUME_MAY_CHANGE)))
-
-
-# --------------------------------------------------------------------------------------------
-# which pairs are done: the run folders decide
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Found:
-    folder: Path
-    status: str
-    epoch: int
-    created: float
-
-
-def scan_runs(folder: Path) -> dict[str, list[Found]]:
-    """Run folders under the sweep folder, by `match_key`."""
-    found: dict[str, list[Found]] = {}
-    if not folder.is_dir():
-        return found
-    for child in sorted(folder.iterdir()):
-        state = read_json(child / "run.json")
-        if not state or not (child / "config.yaml").is_file():
-            continue
-        try:
-            key = match_key(load_config(child / "config.yaml"))
-        except VaelabError:
-            continue  # a damaged or foreign folder: not one of ours
-        found.setdefault(key, []).append(
-            Found(child, str(state.get("status")), int(state.get("epoch") or 0), float(state.get("created") or 0)))
-    return found
-
-
-def pair_state(pair: Pair, candidates: list[Found], recorded: Optional[str]) -> tuple[str, Optional[Found]]:
-    """(what to do, which folder): finished, diverged, busy, resume or new."""
-    def pick(runs: list[Found]) -> Found:  # the folder sweep.json names, else the newest
-        return next((r for r in runs if r.folder.name == recorded), max(runs, key=lambda r: (r.created, r.folder.name)))
-
-    planned = pair.config.train.epochs
-    done = [r for r in candidates if r.status == "finished" and r.epoch >= planned]
-    if done:
-        return "finished", pick(done)
-    diverged = [r for r in candidates if r.status == "diverged"]
-    if diverged:
-        return "diverged", pick(diverged)
-    busy = [r for r in candidates if is_locked(r.folder)]
-    if busy:
-        return "busy", busy[0]
-    if candidates:  # killed, interrupted, failed, or finished with fewer epochs than planned now
-        return "resume", pick(candidates)
-    return "new", None
-
-
-class SweepState:
-    """sweep.json: the index of pairs to run folders, rewritten atomically on every change."""
-
-    def __init__(self, plan: Plan):
-        self.plan, self.path = plan, plan.folder / "sweep.json"
-        old = read_json(self.path) or {}
-        self.pairs: dict[str, dict] = old.get("pairs") if isinstance(old.get("pairs"), dict) else {}
-
-    def recorded(self, pair: Pair) -> Optional[str]:
-        return (self.pairs.get(pair.key) or {}).get("run")
-
-    def update(self, pair: Pair, status: str, found: Optional[Found], error: Optional[str] = None) -> None:
-        self.pairs[pair.key] = {"variant": pair.variant.name, "seed": pair.seed,
-                                "run": found.folder.name if found else self.recorded(pair), "status": status,
-                                "epoch": found.epoch if found else None, "epochs": pair.config.train.epochs,
-                                "error": error}
-        self.save()
-
-    def save(self) -> None:
-        self.plan.folder.mkdir(parents=True, exist_ok=True)
-        ordered = {p.key: self.pairs[p.key] for p in self.plan.pairs if p.key in self.pairs}
-        write_json(self.path, {"name": self.plan.name, "plan": str(self.plan.path),
-                               "baseline": str(self.plan.baseline), "updated": time.time(), "pairs": ordered})
-
-
-def survey(plan: Plan, state: SweepState) -> dict[str, tuple[str, Optional[Found]]]:
-    """Every pair's state now, recorded in sweep.json."""
-    runs = scan_runs(plan.folder)
-    result = {}
-    for pair in plan.pairs:
-        action, found = pair_state(pair, runs.get(match_key(pair.config), []), state.recorded(pair))
-        result[pair.key] = (action, found)
-        status = {"new": "pending", "resume": found.status if found else "pending"}.get(action, action)
-        old_error = (state.pairs.get(pair.key) or {}).get("error") if status == "failed" else None
-        state.update(pair, status, found, old_error)
-    return result
-
-
-def journal_groups(plan: Plan) -> list[dict]:
-    """Per group (the baseline first): its change, hypothesis and finished runs, for the journal."""
-    runs = scan_runs(plan.folder)
-    recorded = (read_json(plan.folder / "sweep.json") or {}).get("pairs") or {}
-    groups = []
-    for variant in plan.variants:
-        pairs = []
-        for pair in (p for p in plan.pairs if p.variant is variant):
-            action, found = pair_state(pair, runs.get(match_key(pair.config), []),
-                                       (recorded.get(pair.key) or {}).get("run"))
-            status = {"new": "not run", "resume": "unfinished"}.get(action, action)
-            pairs.append({"seed": pair.seed, "epoch": pair.config.train.epochs, "status": status,
-                          "run": found.folder if action == "finished" else None,
-                          "stopped_at": found.epoch if found else None})
-        groups.append({"variant": variant.name, "hypothesis": variant.hypothesis, "changes": variant.changes,
-                       "loss_comparable": variant.loss_comparable, "pairs": pairs})
-    return groups
-
-
 # --------------------------------------------------------------------------------------------
 # running
 # --------------------------------------------------------------------------------------------
@@ -364,8 +249,6 @@ def sweep_command(plan_path: Path, workers: int = 1, journal_only: bool = False)
     Returns the sweep folder. Pairs that failed are reported after the journal is written,
     as one VaelabError; a Ctrl-C stops the sweep (the running pairs save and can be resumed).
     """
-    from vaelab.experiments.journal import build_journal, print_journal, write_journal
-
     if workers < 1:
         raise VaelabError(f"--workers {workers}: give 1 or more")
     plan = load_plan(plan_path)
@@ -384,7 +267,7 @@ def sweep_command(plan_path: Path, workers: int = 1, journal_only: bool = False)
 def run_sweep(plan: Plan, workers: int = 1) -> list[str]:
     """Train every pair that is not finished; returns a line per pair that failed or is busy."""
     plan.folder.mkdir(parents=True, exist_ok=True)
-    lock = lock_sweep(plan.folder)
+    lock = lock_sweep(plan.folder)  # None where the OS has no flock
     try:
         state = SweepState(plan)
         config_path(plan, plan.pairs[0]).parent.mkdir(exist_ok=True)
@@ -402,7 +285,8 @@ def run_sweep(plan: Plan, workers: int = 1) -> list[str]:
             problems += runner(plan, state, todo, workers)
         return problems
     finally:
-        lock.close()
+        if lock:
+            lock.close()
 
 
 def run_in_process(plan: Plan, state: SweepState, todo: list, workers: int) -> list[str]:
@@ -447,14 +331,16 @@ def run_in_workers(plan: Plan, state: SweepState, todo: list, workers: int) -> l
         while queue or running:
             while queue and len(running) < workers and not stop:
                 pair, found = queue.pop(0)
-                say(f"[{total - len(queue)}/{total}] {pair.key}: {'resuming ' + found.folder.name if found else 'starting'}"
-                    f" in a worker ({threads} thread{'s' * (threads > 1)}), log: {log_path(plan, pair)}")
+                what = f"resuming {found.folder.name}" if found else "starting"
+                say(f"[{total - len(queue)}/{total}] {pair.key}: {what} in a worker "
+                    f"({threads} thread{'s' * (threads > 1)}), log: {log_path(plan, pair)}")
                 state.update(pair, "running", found)
                 running[pair.key] = (start_child(plan, pair, found, threads), pair, time.monotonic())
             for key, (process, pair, started) in list(running.items()):
                 if process.poll() is not None:
                     del running[key]
-                    error = None if process.returncode == 0 else f"exit status {process.returncode}; {tail(log_path(plan, pair))}"
+                    code = process.returncode
+                    error = None if code == 0 else f"exit status {code}; {tail(log_path(plan, pair))}"
                     status, problem = finish_pair(plan, state, pair, error, time.monotonic() - started)
                     if problem and not (stop and status == "interrupted"):
                         problems.append(problem)
@@ -472,7 +358,8 @@ def run_in_workers(plan: Plan, state: SweepState, todo: list, workers: int) -> l
 def start_child(plan: Plan, pair: Pair, found: Optional[Found], threads: int) -> subprocess.Popen:
     log = log_path(plan, pair)
     log.parent.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, "-m", "vaelab.experiments.sweep", str(config_path(plan, pair)), "--threads", str(threads)]
+    command = [sys.executable, "-m", "vaelab.experiments.sweep", str(config_path(plan, pair)),
+               "--threads", str(threads)]
     if found:
         command += ["--resume", str(found.folder)]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
@@ -511,17 +398,10 @@ def finish_pair(plan: Plan, state: SweepState, pair: Pair, error: Optional[str],
 
 def lock_sweep(folder: Path):
     """One `vaelab sweep` per sweep folder, so that two never write sweep.json or train one pair twice."""
-    file = open(folder / ".sweep.lock", "a+")
     try:
-        import fcntl
-
-        fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except ImportError:
-        pass  # Windows: no lock
-    except OSError:
-        file.close()
-        raise VaelabError(f"{folder}: another vaelab sweep is running this sweep; wait for it or stop it") from None
-    return file
+        return lock_run(folder)
+    except VaelabError:
+        raise VaelabError(f"{folder}: another vaelab sweep is running this plan; wait for it or stop it") from None
 
 
 def config_path(plan: Plan, pair: Pair) -> Path:
