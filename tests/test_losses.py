@@ -48,7 +48,7 @@ def test_mse_sum_matches_a_hand_computation():
 
 def test_mse_sum_scales_like_the_journal_for_640px():
     recon, target = torch.full((2, 3, 640, 640), 0.5), torch.full((2, 3, 640, 640), 0.1)
-    parts = vae_loss(linear(recon), target, None, LossConfig(), 1.0)
+    parts = vae_loss(linear(recon), target, None, LossConfig(reconstruction="mse_sum"), 1.0)
     assert parts["recon"].item() == pytest.approx(0.16 * 640 * 640, rel=1e-5)  # 6.6e4, cf. 5.8e4
 
 

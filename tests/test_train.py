@@ -47,6 +47,13 @@ def test_nan_steps_are_skipped_then_rolled_back_with_lower_lr(config_path, monke
     assert [r["rollbacks"] for r in records] == [0, 1, 1]
     assert [r["lr"] for r in records] == [0.003, 0.0015, 0.0015]
     assert all(math.isfinite(r["train_loss"]) and math.isfinite(r["val_loss"]) for r in records)
+    # the cheap evaluation metrics, logged every epoch on the validation split (latent 4)
+    for r in records:
+        assert isinstance(r["val_active_units"], int) and 0 <= r["val_active_units"] <= 4
+        kl = r["val_kl_per_dim"]
+        assert len(kl) == 4 and all(math.isfinite(v) and v >= 0 for v in kl)
+        assert all(v == float(f"{v:.4g}") for v in kl)  # 4 significant digits
+        assert sum(kl) == pytest.approx(r["val_kl"], rel=1e-3, abs=1e-3)
     log = (run_dir / "log.txt").read_text()
     assert "step 8: skipped, non-finite loss" in log
     assert "rolled back to the weights at the end of epoch 1 and lowered lr 0.003 -> 0.0015" in log
@@ -129,3 +136,12 @@ def test_mixed_precision_paths_run_on_cpu(config_path):
     assert trainer.scaler.get_scale() == 2.0**9
     assert trainer.guard.skipped == 1 and trainer.guard.streak == 0
     assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+
+
+def test_an_epoch_without_a_validation_split_has_null_val_metrics(config_path):
+    config = load_config(config_path)
+    trainer = Trainer(config, build_model(config.model, config.data.size), torch.device("cpu"))
+    record = trainer._end_epoch(None)
+    for key in ("val_loss", "val_recon", "val_kl", "val_mse", "val_psnr", "val_active_units", "val_kl_per_dim"):
+        assert key in record and record[key] is None, key
+    json.dumps(record, allow_nan=False)  # the record is plain JSON

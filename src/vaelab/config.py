@@ -130,7 +130,8 @@ class ModelConfig(Section):
 
 
 class LossConfig(Section):
-    reconstruction: Literal["mse_sum", "bce", "gaussian", "l1"] = "mse_sum"
+    # sigma-VAE by default: summed MSE left the demo ghostly at 20 epochs (configs/demo.yaml)
+    reconstruction: Literal["mse_sum", "bce", "gaussian", "l1"] = "gaussian"
     sigma: Union[Literal["learned", "optimal"], float] = "optimal"
     beta: float = Field(1.0, ge=0.0)
     kl_warmup_epochs: int = Field(0, ge=0)

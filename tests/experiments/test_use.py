@@ -175,6 +175,13 @@ def test_traverse_grid_rows_and_dimension_choice(trained, tmp_path):
     run_dir, images = trained
     copy = tmp_path / "run"
     shutil.copytree(run_dir, copy)  # this test writes an evaluation.json
+    # The trainer logs val_kl_per_dim every epoch; traverse ranks by the last epoch's.
+    rows = [json.loads(line) for line in (copy / "metrics.jsonl").read_text().splitlines()]
+    kl = rows[-1]["val_kl_per_dim"]
+    result = use.traverse(copy, tmp_path / "s.png", dims=3, steps=5, device="cpu")
+    assert result["dims"] == sorted(range(LATENT), key=lambda d: -kl[d])[:3]
+    assert result["ranked_by"] == "metrics.jsonl (last epoch)"
+    (copy / "metrics.jsonl").write_text("".join(json.dumps({**r, "val_kl_per_dim": None}) + "\n" for r in rows))
     result = use.traverse(copy, tmp_path / "t.png", dims=3, steps=5, span=2.0, device="cpu")
     assert Image.open(result["file"]).size == grid_size(rows=3, columns=5)
     assert result["dims"] == [0, 1, 2] and "no KL known" in result["ranked_by"]
