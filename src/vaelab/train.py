@@ -309,12 +309,7 @@ class Trainer:
     def roll_back(self, state: dict, reason: str) -> str:
         """Reload weights and optimizer from `state`, lower the lr; returns the log line."""
         old_lr = self.lr
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        if state["scaler"]:  # empty when saved without fp16
-            self.scaler.load_state_dict(state["scaler"])
-        if self.log_sigma is not None and state["log_sigma"] is not None:
-            self.log_sigma.data.copy_(state["log_sigma"])
+        self._load_learned(state)
         self.lr_scale *= self.config.train.rollback_lr_factor
         self.set_lr()
         self.guard.rollbacks += 1
@@ -480,15 +475,19 @@ class Trainer:
             "sums": dict(self.sums),
         }
 
-    def load_state_dict(self, state: dict) -> None:
-        if state.get("format") != STATE_FORMAT or state.get("version") != STATE_VERSION:
-            raise VaelabError(f"checkpoint: not a vaelab training state of version {STATE_VERSION}; start a new run")
+    def _load_learned(self, state: dict) -> None:
+        """Everything that gradient steps change: weights, optimizer, scaler, log-sigma."""
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         if state["scaler"]:  # empty when saved without fp16
             self.scaler.load_state_dict(state["scaler"])
         if self.log_sigma is not None and state["log_sigma"] is not None:
             self.log_sigma.data.copy_(state["log_sigma"])
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("format") != STATE_FORMAT or state.get("version") != STATE_VERSION:
+            raise VaelabError(f"checkpoint: not a vaelab training state of version {STATE_VERSION}; start a new run")
+        self._load_learned(state)
         p = state["progress"]
         self.epoch, self.batch, self.step, self.time_base = p["epoch"], p["batch"], p["step"], p["time_s"]
         self.lr_scale, self.best_loss, self.best_epoch = p["lr_scale"], p["best_loss"], p["best_epoch"]
