@@ -20,6 +20,7 @@ end of the last completed epoch, reloads its weights and optimizer, and lowers t
 
 Metric conventions (the per-batch ones are defined in `vaelab.losses`):
 - train_loss/recon/kl: means over the epoch's applied steps (loss includes KL warm-up and free bits).
+- train_images: images the epoch's steps took, skipped steps included (for images/s).
 - val_loss = val_recon + beta * val_kl, with the raw KL: no warm-up, no free bits, so epochs compare.
 - val_mse: squared error per real (unpadded) pixel and channel between the image pixels and the
   reconstruction as it is shown (mapped back to 0..255, clamped, rounded), both divided by 255;
@@ -220,7 +221,7 @@ class Guard:
 
 
 def empty_sums() -> dict:
-    return {"loss": 0.0, "recon": 0.0, "kl": 0.0, "grad_norm": 0.0, "applied": 0, "skipped": 0}
+    return {"loss": 0.0, "recon": 0.0, "kl": 0.0, "grad_norm": 0.0, "applied": 0, "skipped": 0, "images": 0}
 
 
 def significant(value: float, digits: int = 4) -> float:
@@ -272,6 +273,7 @@ class Trainer:
     def train_step(self, batch: Batch) -> Optional[str]:
         """One guarded optimisation step. None when the weights were updated, else why they were not."""
         inputs = to_model_input(batch, self.config.data.scale, self.device)
+        self.sums["images"] += len(batch)  # for images/s in `vaelab compare`, skipped steps included
         with self.autocast():
             out = self.model(inputs.x)
         parts = vae_loss(out, inputs.x, inputs.mask, self.config.loss, self.kl_weight(), self.log_sigma)
@@ -449,7 +451,8 @@ class Trainer:
         if val is not None:
             record.update(self.evaluate(val))
         record.update({"lr": self.lr, "kl_weight": self.kl_weight(), "grad_norm": mean("grad_norm"),
-                       "skipped_steps": s["skipped"], "rollbacks": self.guard.rollbacks})
+                       "skipped_steps": s["skipped"], "rollbacks": self.guard.rollbacks,
+                       "train_images": s["images"]})
         judged = record["val_loss"] if record["val_loss"] is not None else record["train_loss"]
         record["best"] = judged is not None and judged < self.best_loss
         if record["best"]:
