@@ -45,6 +45,7 @@ from vaelab.data.grid import save_png
 from vaelab.data.loader import Batch, FittedImages, ImageLoader
 from vaelab.data.scaling import scale_pixels, to_pixels
 from vaelab.errors import VaelabError
+from vaelab.files import append_json_line, read_json, write_json, write_text
 from vaelab.losses import check_scaling
 from vaelab.model import ConvVAE, build_model, check_strides, count_parameters
 from vaelab.train import StopTraining, Trainer, isolated, select_device
@@ -548,31 +549,6 @@ def rss_mb() -> Optional[float]:
         return round(peak / (2**20 if sys.platform == "darwin" else 2**10), 1)
     except (ImportError, OSError):
         return None
-
-
-def write_text(path: Path, text: str) -> None:
-    """Atomic: a temp file beside `path`, then a rename."""
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    temporary.write_text(text, encoding="utf-8")
-    os.replace(temporary, path)
-
-
-def write_json(path: Path, value) -> None:
-    write_text(path, json.dumps(value, indent=2) + "\n")
-
-
-def read_json(path: Path) -> Optional[dict]:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-
-
-def append_json_line(path: Path, record: dict) -> None:
-    with open(path, "a", encoding="utf-8") as file:
-        file.write(json.dumps(record) + "\n")
-        file.flush()
-        os.fsync(file.fileno())
 
 
 # --------------------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from vaelab.errors import VaelabError
+from vaelab.files import write_text
 
 VERSION = 1  # bump whenever the drawing changes, so that cached renders are redone
 MARKER = ".demo.json"  # written last: its presence means the folder is complete
@@ -412,12 +413,6 @@ def _render_job(job):
     return record
 
 
-def write_json_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)  # readers see the old file or the new one, never half of one
-
-
 def render_demo_set(out_dir: Path, count: int = 2000, seed: int = 0, workers: int | None = None) -> dict:
     """Write `count` JPEGs under out_dir/<source>/<set-NNN>/<name>.jpg plus out_dir/metadata.json; return a summary dict {"images": count, "sets": ..., "sources": ..., "seconds": ...}."""
     started = time.perf_counter()
@@ -465,7 +460,7 @@ def render_demo_set(out_dir: Path, count: int = 2000, seed: int = 0, workers: in
             if folder.is_dir() and not any(folder.iterdir()):
                 folder.rmdir()
     body = "[\n" + ",\n".join(json.dumps(r, ensure_ascii=False) for r in records) + "\n]\n"
-    write_json_atomic(out_dir / "metadata.json", body)
+    write_text(out_dir / "metadata.json", body)
     summary = {"images": count, "sets": len(sets), "sources": len({s["source"] for s in sets})}
-    write_json_atomic(marker, json.dumps({**wanted, **summary}) + "\n")
+    write_text(marker, json.dumps({**wanted, **summary}) + "\n")
     return {**summary, "seconds": round(time.perf_counter() - started, 3), "cached": False}

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from vaelab.files import atomic_path
 
 
 def image_grid(images: np.ndarray, columns: int, gap: int = 2, background: tuple[int, int, int] = (24, 24, 24)) -> np.ndarray:
@@ -33,9 +34,6 @@ def checkerboard(height: int, width: int, square: int = 4) -> np.ndarray:
 
 def save_png(image: np.ndarray, path: Path) -> Path:
     """Write a uint8 (H, W, 3) array as PNG via a temporary file and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    Image.fromarray(np.ascontiguousarray(image)).save(temporary, format="PNG")
-    os.replace(temporary, path)
-    return path
+    with atomic_path(path) as temporary:
+        Image.fromarray(np.ascontiguousarray(image)).save(temporary, format="PNG")
+    return Path(path)

@@ -22,6 +22,7 @@ from typing import Any, Optional
 from vaelab.data.images import ImageError, verify_image
 from vaelab.data.metadata import Skip
 from vaelab.errors import VaelabError
+from vaelab.files import atomic_path, write_json
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 _WORD = re.compile(r"[^a-z0-9]+")
@@ -150,9 +151,7 @@ def write_records(records: list[dict[str, Any]], out: Path) -> None:
     suffix = out.suffix.lower()
     if suffix not in (".json", ".jsonl"):
         raise VaelabError(f"{out}: write metadata as .json or .jsonl")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    temporary = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    with open(temporary, "w", encoding="utf-8") as handle:
+    with atomic_path(out) as temporary, open(temporary, "w", encoding="utf-8") as handle:
         if suffix == ".jsonl":
             for record in records:
                 handle.write(json.dumps(record, ensure_ascii=False) + "\n")
@@ -160,12 +159,9 @@ def write_records(records: list[dict[str, Any]], out: Path) -> None:
             handle.write("[\n")
             handle.write(",\n".join(json.dumps(record, ensure_ascii=False) for record in records))
             handle.write("\n]\n")
-    os.replace(temporary, out)
 
 
 def write_report(skipped: list[Skip], out: Path) -> None:
     """The skip report beside the metadata: which files were left out and why."""
     report = {"skipped": len(skipped), "files": [{"file": s.item, "reason": s.reason} for s in skipped]}
-    temporary = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    temporary.write_text(json.dumps(report, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(temporary, out)
+    write_json(out, report)

@@ -11,7 +11,6 @@ pickle), which is the columnar cache that `readers.load_metadata` keeps.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -23,6 +22,7 @@ from typing import Any, Iterable, Optional
 import numpy as np
 
 from vaelab.config import FieldNames
+from vaelab.files import atomic_path
 
 _NO_BOX = (math.nan,) * 4
 
@@ -261,16 +261,13 @@ _ARRAYS = ("paths", "width", "height", "tag_names", "tag_ids", "tag_offsets", "s
 
 def save_npz(metadata: Metadata, cache_file: Path) -> None:
     try:
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        temporary = cache_file.with_name(f".{cache_file.name}.{os.getpid()}.tmp")
-        with open(temporary, "wb") as handle:
+        with atomic_path(cache_file) as temporary, open(temporary, "wb") as handle:
             np.savez(
                 handle,
                 **{name: getattr(metadata, name) for name in _ARRAYS},
                 skipped_items=np.array([s.item for s in metadata.skipped], dtype=str),
                 skipped_reasons=np.array([s.reason for s in metadata.skipped], dtype=str),
             )
-        os.replace(temporary, cache_file)
     except OSError:
         pass  # a cache is an optimisation; a read-only cache folder only costs speed
 

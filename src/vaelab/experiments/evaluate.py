@@ -115,7 +115,8 @@ def evaluate_run(run_dir: Union[str, Path], config_path: Optional[Path] = None,
     the run's own numbers. result["file"] says which.
     """
     from vaelab.checkpoints import load_state
-    from vaelab.runs import load_run, write_json
+    from vaelab.files import write_json
+    from vaelab.runs import load_run
     from vaelab.train import isolated
 
     started = time.monotonic()

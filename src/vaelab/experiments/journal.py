@@ -32,7 +32,8 @@ from vaelab.errors import VaelabError
 from vaelab.experiments import stats
 from vaelab.experiments.compare import number, read_metrics
 from vaelab.experiments.stats import format_number
-from vaelab.runs import RESUME_MAY_CHANGE, flat, identity, is_locked, read_json, write_json, write_text
+from vaelab.files import read_json, write_json, write_text
+from vaelab.runs import RESUME_MAY_CHANGE, flat, identity, is_locked
 
 if TYPE_CHECKING:
     from vaelab.experiments.sweep import Pair, Plan

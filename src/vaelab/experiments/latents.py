@@ -20,7 +20,6 @@ loading a file from anywhere safe. ids are a fixed-width unicode array, not obje
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -30,6 +29,7 @@ import torch
 from vaelab.config import DataConfig
 from vaelab.data.grid import save_png
 from vaelab.data.images import read_size
+from vaelab.files import atomic_path
 from vaelab.errors import VaelabError
 from vaelab.experiments.use import CHUNK, PathLike, decode_pixels, encode_pixels, restore, safe_name, unique, visible_region
 from vaelab.runs import load_run
@@ -100,14 +100,10 @@ def original_region(metadata, index: int, data: DataConfig) -> tuple[int, int]:
 
 def write_latents(path: Path, arrays: dict[str, np.ndarray]) -> None:
     """Atomic: np.savez into a temporary file beside `path`, then a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with open(temporary, "wb") as file:  # a file object: savez adds no '.npz' to the name
-            np.savez(file, **arrays)
-        os.replace(temporary, path)
+        with atomic_path(path) as temporary, open(temporary, "wb") as file:
+            np.savez(file, **arrays)  # a file object: savez adds no '.npz' to the name
     except OSError as error:
-        temporary.unlink(missing_ok=True)
         raise VaelabError(f"{path}: cannot write the latents file ({error.strerror}); choose another --out") from None
 
 

@@ -10,7 +10,6 @@ report, a browser refreshing) never sees half a PNG.
 from __future__ import annotations
 
 import math
-import os
 import re
 from pathlib import Path
 from typing import Optional, Sequence
@@ -20,6 +19,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import LogFormatter, MaxNLocator
 
 from vaelab.errors import VaelabError
+from vaelab.files import atomic_path
 from vaelab.experiments.stats import format_number
 
 
@@ -117,14 +117,10 @@ def safe_name(metric: str) -> str:
 
 def save_figure(figure: Figure, path: Path) -> None:
     """Write a PNG atomically: a temporary file beside it, then a rename."""
-    # A plain open (not mkstemp) so the file gets the usual umask permissions, not 0600.
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with open(temporary, "wb") as file:
+        with atomic_path(path) as temporary, open(temporary, "wb") as file:
             figure.savefig(file, format="png")
-        os.replace(temporary, path)
     except OSError as error:
-        Path(temporary).unlink(missing_ok=True)
         raise VaelabError(f"{path}: cannot write the plot ({error.strerror}); check --out") from None
     except BaseException:
         Path(temporary).unlink(missing_ok=True)

@@ -21,7 +21,6 @@ import base64
 import html
 import io
 import json
-import os
 import re
 import shlex
 import time
@@ -34,6 +33,7 @@ from PIL import Image
 
 import vaelab
 from vaelab.errors import VaelabError
+from vaelab.files import write_text
 from vaelab.experiments import compare
 from vaelab.experiments.stats import format_number
 
@@ -409,13 +409,9 @@ def write_report(run_dirs: Sequence[Path | str], out: Path) -> Path:
     out = Path(out)
     if out.is_dir():
         out = out / "report.html"
-    temporary = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        temporary.write_text(page, encoding="utf-8")
-        os.replace(temporary, out)
+        write_text(out, page)
     except OSError as error:
-        temporary.unlink(missing_ok=True)
         raise VaelabError(f"{out}: cannot write the report ({error.strerror}); choose another --out") from None
     return out
 

@@ -46,7 +46,8 @@ from vaelab.config import Config, check_keys, load_config, read_yaml_mapping, se
 from vaelab.errors import VaelabError
 from vaelab.experiments.journal import (Found, SweepState, build_journal, journal_groups, match_key, pair_state,
                                         print_journal, scan_runs, survey, write_journal)
-from vaelab.runs import flat, lock_run, train_run, write_text
+from vaelab.files import write_text
+from vaelab.runs import flat, lock_run, train_run
 
 PLAN_KEYS = ("name", "root", "baseline", "seeds", "set", "variants")
 VARIANT_KEYS = ("name", "set", "hypothesis")
