@@ -154,7 +154,13 @@ class CheckpointFolder:
 
     def save_epoch_end(self, state: dict, epoch: int, numbered: bool, best: bool) -> None:
         """The state after `epoch` completed epochs: last, last-epoch, and maybe numbered and best."""
-        last = self.save_last(state)
+        self.save_last(state)
+        self.link_epoch_end(epoch, numbered, best)
+
+    def link_epoch_end(self, epoch: int, numbered: bool, best: bool) -> None:
+        """Point last-epoch (and maybe best and a numbered copy) at `last`: links, not writes.
+        Also redoes the links after a kill between writing `last` and linking it."""
+        last = self.path(LAST)
         link_state(last, self.path(LAST_EPOCH))
         if best:
             link_state(last, self.path(BEST))

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 import vaelab
-from vaelab.checkpoints import BEST, LAST, LAST_EPOCH, CheckpointFolder, LowDisk, link_state, load_state
+from vaelab.checkpoints import LAST, LAST_EPOCH, CheckpointFolder, LowDisk, load_state
 from vaelab.config import Config, load_config
 from vaelab.data.collection import describe_skips, load_collection
 from vaelab.data.grid import save_png
@@ -458,13 +458,7 @@ def repair_after_kill(checkpoints: CheckpointFolder, trainer: Trainer, every: in
         epoch = trainer.epoch
         numbered = epoch > 0 and (epoch % every == 0 or epoch == trainer.config.train.epochs)
         best = epoch > 0 and trainer.best_epoch == epoch
-        last = checkpoints.path(LAST)
-        link_state(last, checkpoints.path(LAST_EPOCH))
-        if best:
-            link_state(last, checkpoints.path(BEST))
-        if numbered:
-            link_state(last, checkpoints.path(f"epoch-{epoch:04d}.pt"))
-            checkpoints.prune()
+        checkpoints.link_epoch_end(epoch, numbered, best)
 
 
 def trim_metrics(path: Path, epochs_done: int) -> None:

@@ -213,6 +213,8 @@ def format_value(value: Any) -> str:
         return format_number(value)
     if isinstance(value, (list, tuple)):
         return "[" + ",".join(format_value(item) for item in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{k}: {format_value(v)}" for k, v in value.items()) + "}"
     return str(value)
 
 

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Optional
 from vaelab.config import Config, load_config
 from vaelab.errors import VaelabError
 from vaelab.experiments import stats
-from vaelab.experiments.compare import number, read_metrics
+from vaelab.experiments.compare import format_value, number, read_metrics
 from vaelab.experiments.stats import format_number
 from vaelab.files import read_json, write_json, write_text
 from vaelab.runs import RESUME_MAY_CHANGE, flat, identity, is_locked
@@ -257,21 +257,7 @@ def expand(key: str, old: Any, new: Any) -> list[tuple[str, Any, Any]]:
 
 
 def describe(key: str, old: Any, new: Any) -> str:
-    return f"{key}: {show(old)} → {show(new)}"
-
-
-def show(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, (int, float)):
-        return format_number(value)
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(show(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{k}: {show(v)}" for k, v in value.items()) + "}"
-    return str(value)
+    return f"{key}: {format_value(old)} → {format_value(new)}"
 
 
 def signed(value: Optional[float]) -> str:
