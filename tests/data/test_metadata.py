@@ -1,4 +1,3 @@
-import numpy as np
 
 from vaelab.data.metadata import from_records, safe_relative_path
 

@@ -9,7 +9,8 @@ from PIL import Image
 from vaelab.config import load_config
 from vaelab.errors import VaelabError
 from vaelab.experiments import stats
-from vaelab.experiments.compare import compare_command, compare_runs, label_runs, load_runs
+from vaelab.experiments.compare import compare_command, compare_runs, load_runs
+from vaelab.experiments.labels import label_runs
 
 CONV_K5 = ("model.conv=[{filters: 32, kernel: 5, stride: 2}, {filters: 64, kernel: 5, stride: 2},"
            " {filters: 128, kernel: 5, stride: 2}]")

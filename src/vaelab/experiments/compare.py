@@ -8,7 +8,8 @@ and runs still in progress can be compared. The flow:
 
     load_runs -> label_runs -> per-run summary + thresholds -> groups + Welch tests -> plots
 
-`compare_runs` builds the result (a JSON-ready dict) and `compare_command` also prints it and
+Labels live in `labels.py` and the terminal tables in `compare_tables.py`. `compare_runs`
+builds the result (a JSON-ready dict) and `compare_command` also prints it and
 writes the plots; the CLI calls the latter.
 
 images/s is only reported when metrics.jsonl has `train_images` (or `images`): the number of
@@ -24,7 +25,6 @@ import difflib
 import json
 import math
 import re
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -33,19 +33,10 @@ import yaml
 
 from vaelab.errors import VaelabError
 from vaelab.experiments import stats
-from vaelab.experiments.stats import format_number
+from vaelab.experiments.compare_tables import print_report
+from vaelab.experiments.labels import BASELINE, label_runs
 
 DEFAULT_METRICS = ("val_loss", "val_recon", "val_psnr")
-# Config keys that never identify an experiment: bookkeeping (the whole run section), where
-# data is cached, how many workers decode it, the planned length (a resume may extend it and
-# the trajectory does not depend on it), and the seed, which instead makes runs replicates.
-IGNORED_PREFIXES = ("run.",)
-IGNORED_KEYS = frozenset({"train.seed", "train.epochs", "data.cache_dir", "data.workers", "data.cache"})
-# Resolved configs hold absolute paths; the same data set checked out in two places must not
-# count as a difference, so these are compared (and shown) by their last two path parts.
-PATH_KEYS = frozenset({"data.images", "data.metadata"})
-UNSET = "<unset>"  # a key that a run's config lacks (e.g. written by an older vaelab)
-BASELINE = "baseline"
 
 
 @dataclass
@@ -167,121 +158,6 @@ def read_metrics(path: Path) -> tuple[list[dict], int]:
 
 # --------------------------------------------------------------------------------------------
 # labels: how each run's config differs from the others
-# --------------------------------------------------------------------------------------------
-
-
-def flatten(config: dict, prefix: str = "") -> dict[str, Any]:
-    """Nested sections to dotted keys; lists of mappings (model.conv) by index: model.conv.0.kernel."""
-    out: dict[str, Any] = {}
-    for key, value in config.items():
-        dotted = f"{prefix}{key}"
-        if isinstance(value, dict):
-            out.update(flatten(value, f"{dotted}."))
-        elif isinstance(value, list) and value and all(isinstance(item, dict) for item in value):
-            for index, item in enumerate(value):
-                out.update(flatten(item, f"{dotted}.{index}."))
-        else:
-            out[dotted] = value
-    return out
-
-
-def identifying(config: dict) -> dict[str, Any]:
-    """The flattened keys that can tell experiments apart, path keys shortened."""
-    flat = {}
-    for key, value in flatten(config).items():
-        if key in IGNORED_KEYS or key.startswith(IGNORED_PREFIXES):
-            continue
-        if key in PATH_KEYS and isinstance(value, str):
-            value = "/".join(Path(value).parts[-2:])
-        flat[key] = value
-    return flat
-
-
-def canonical(value: Any) -> str:
-    """Exact, type-insensitive comparison form: 1 and 1.0 are equal, 1e-4 and 1.0001e-4 are not."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return repr(float(value))
-    return json.dumps(value, sort_keys=True)
-
-
-def format_value(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, (int, float)):
-        return format_number(value)
-    if isinstance(value, (list, tuple)):
-        return "[" + ",".join(format_value(item) for item in value) + "]"
-    if isinstance(value, dict):
-        return "{" + ",".join(f"{k}: {format_value(v)}" for k, v in value.items()) + "}"
-    return str(value)
-
-
-def label_runs(records: Sequence[RunRecord]) -> tuple[list[str], list[str]]:
-    """A label per run and the config keys that differ between runs.
-
-    A run's label lists the differing keys where it does not have the most common value,
-    e.g. `train.lr=1e-4`; a run with the most common value everywhere is `baseline`. "Most
-    common" counts each distinct config once, so giving a variant more seeds does not make it
-    the baseline; ties go to the run given first. Runs that differ only in ignored keys
-    (seed, run.*, caches) get the same label and form a group of replicates.
-    """
-    idents = [identifying(r.config) for r in records]
-    keys = list(dict.fromkeys(key for ident in idents for key in ident))  # config order
-    forms = [{key: canonical(ident[key]) if key in ident else UNSET for key in keys} for ident in idents]
-    differing = [key for key in keys if len({form[key] for form in forms}) > 1]
-    distinct = list(dict.fromkeys(tuple(form[key] for key in differing) for form in forms))
-    mode = {key: Counter(config[i] for config in distinct).most_common(1)[0][0]
-            for i, key in enumerate(differing)}
-    labels = []
-    for record, ident, form in zip(records, idents, forms):
-        items = [(key, format_value(ident[key]) if key in ident else "unset")
-                 for key in differing if form[key] != mode[key]]
-        items = merge_list_items(items, record.config)
-        labels.append(", ".join(f"{key}={value}" for key, value in items) or BASELINE)
-    return labels, differing
-
-
-_LIST_ITEM = re.compile(r"^(?P<list>.+?)\.(?P<index>\d+)\.(?P<field>.+)$")
-
-
-def merge_list_items(items: list[tuple[str, str]], config: dict) -> list[tuple[str, str]]:
-    """`model.conv.0.kernel=5, model.conv.1.kernel=5, model.conv.2.kernel=5` -> `model.conv.*.kernel=5`
-    when every layer of this run has the same differing value; otherwise keep them apart."""
-    groups: dict[tuple[str, str], list[tuple[int, str]]] = {}
-    for key, value in items:
-        match = _LIST_ITEM.match(key)
-        if match:
-            groups.setdefault((match["list"], match["field"]), []).append((int(match["index"]), value))
-    merged, done = [], set()
-    for key, value in items:
-        match = _LIST_ITEM.match(key)
-        if not match:
-            merged.append((key, value))
-            continue
-        group_key = (match["list"], match["field"])
-        members = groups[group_key]
-        length = len(lookup(config, match["list"]) or [])
-        if len(members) >= 2 and sorted(i for i, _ in members) == list(range(length)) \
-                and len({v for _, v in members}) == 1:
-            if group_key not in done:
-                merged.append((f"{group_key[0]}.*.{group_key[1]}", value))
-                done.add(group_key)
-        else:
-            merged.append((key, value))
-    return merged
-
-
-def lookup(config: dict, dotted: str) -> Any:
-    node: Any = config
-    for part in dotted.split("."):
-        node = node.get(part) if isinstance(node, dict) else None
-    return node
-
-
-# --------------------------------------------------------------------------------------------
-# per-run table and thresholds
 # --------------------------------------------------------------------------------------------
 
 
@@ -493,107 +369,3 @@ def compare_command(run_dirs: Sequence[Path | str], thresholds: list[str], out: 
     if not as_json:
         print_report(result)
     return result
-
-
-# --------------------------------------------------------------------------------------------
-# human output
-# --------------------------------------------------------------------------------------------
-
-
-def format_duration(seconds: Optional[float]) -> str:
-    if seconds is None:
-        return "—"
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.1f} min"
-    return f"{int(seconds // 3600)} h {int(seconds % 3600 // 60):02d} min"
-
-
-def describe_lead(lead: Optional[dict], who: dict[str, str]) -> str:
-    if lead is None:
-        return "—"
-    epochs, minutes = lead["epochs"], lead["minutes"]
-    word = "ahead of" if (epochs, minutes or 0) > (0, 0) else "behind"
-    if epochs == 0 and not minutes:
-        word = "level with"
-    time = f" / {abs(minutes):.1f} min" if minutes is not None else ""
-    return f"{abs(epochs)} epoch{'s' if abs(epochs) != 1 else ''}{time} {word} {who[lead['of']]}"
-
-
-def table(title: str, columns: Sequence[str], rows: Sequence[Sequence[str]], left: int = 2, caption=None):
-    """A rich table whose first `left` columns are names (folded, never squeezed to '…' on a
-    narrow terminal) and the rest right-aligned values; a final "lead" column is text."""
-    from rich.table import Table
-    from rich.text import Text
-
-    out = Table(title=title, title_justify="left", caption=caption, caption_justify="left")
-    for index, column in enumerate(columns):
-        name = index < left
-        out.add_column(column, justify="left" if name or column == "lead" else "right",
-                       min_width=8 if name else None, overflow="fold" if name else "ellipsis")
-    for row in rows:
-        out.add_row(*(Text(cell) for cell in row))  # Text: a label like data.size=[128,128] is not markup
-    return out
-
-
-def print_report(result: dict, console=None) -> None:
-    """The human view of a `compare_records` result: runs, thresholds, groups, tests, notes."""
-    from rich.console import Console
-
-    if console is None:
-        console = Console()
-        if not console.is_terminal:  # a file or pipe has no width to fit: don't wrap at 80
-            console = Console(width=200)
-    f = format_number
-    runs = result["runs"]
-    columns = ["run", "label", "seed", "epochs", "time", "train", "train best", "val", "val best (epoch)",
-               "PSNR", "images/s"]
-    rows = [[e["name"], e["label"], str(e["seed"]), str(e["epochs"]), format_duration(e["time_s"]),
-             f(e["final_train_loss"]), f(e["best_train_loss"]), f(e["final_val_loss"]),
-             f"{f(e['best_val_loss'])} ({e['best_epoch']})" if e["best_epoch"] else "—",
-             f(e["final_val_psnr"]), f(e["images_per_s"])] for e in runs]
-    # Columns that say nothing here (one seed for all, no image counts logged) only cost width.
-    keep = [i for i, c in enumerate(columns) if not (c == "seed" and len({r[i] for r in rows}) == 1)
-            and not (c == "images/s" and all(r[i] == "—" for r in rows))]
-    console.print(table("runs (final values; best = lowest)", [columns[i] for i in keep],
-                        [[r[i] for i in keep] for r in rows]))
-    plain = {"markup": False, "highlight": False}
-    console.print("labelled by the config keys that differ: "
-                  + (", ".join(result["differing_keys"]) or "none (the runs differ only by seed or bookkeeping)"), **plain)
-
-    # Name the run a lead is measured against by its label when that is unambiguous.
-    counts = Counter(e["label"] for e in runs)
-    who = {e["run"]: e["label"] if counts[e["label"]] == 1 else e["name"] for e in runs}
-    for position, s in enumerate(result["thresholds"]):
-        rows = [[e["name"], e["label"], "never", "—", "—"] if e["thresholds"][position] is None else
-                [e["name"], e["label"], str(e["thresholds"][position]["epoch"]),
-                 format_duration(e["thresholds"][position]["time_s"]),
-                 describe_lead(e["thresholds"][position]["ahead"], who)] for e in runs]
-        console.print(table(f"first epoch where {s['key']} {s['direction']} {f(s['value'])}",
-                            ["run", "label", "epoch", "time", "lead"], rows))
-
-    groups = result["groups"]
-    if len(groups) > 1 or any(g["n"] > 1 for g in groups):
-        def cell(s: dict) -> str:
-            return f(s["mean"]) + (f" [{f(s['ci_low'])}, {f(s['ci_high'])}]" if s["ci_low"] is not None else "")
-
-        rows = [[g["label"], str(g["n"]), *(cell(g["at_epoch"][m]) for m in result["metrics"])] for g in groups]
-        console.print(table(f"groups at epoch {result['at_epoch']}: mean [95% CI]", ["group", "n", *result["metrics"]],
-                            rows, left=1))
-    if result["tests"]:
-        rows = [[t["metric"], t["group"], t["reference"], f(t["delta"]),
-                 f"{f(t['ci_low'])} .. {f(t['ci_high'])}" if t["ci_low"] is not None else "—",
-                 f"{t['p']:.3g}" if t["p"] is not None else "—",
-                 t["verdict"] if t["p"] is not None else "not assessable "
-                 + (f"(n={min(t['n_a'], t['n_b'])})" if min(t["n_a"], t["n_b"]) < 2 else "(no spread)")]
-                for t in result["tests"]]
-        caption = ("Δ = group - reference; 95% CI with Welch–Satterthwaite df; "
-                   "p-values are not corrected for testing several metrics")
-        console.print(table(f"{stats.METHOD} at epoch {result['at_epoch']}, alpha {stats.ALPHA}",
-                            ["metric", "group", "reference", "Δ", "95% CI", "p", "verdict"], rows, left=3,
-                            caption=caption))
-    for path in result["plots"]:
-        console.print(f"wrote {path}", **plain)
-    for note in result["notes"]:
-        console.print(f"note: {note}", style="yellow", **plain)

@@ -30,7 +30,8 @@ from typing import TYPE_CHECKING, Any, Optional
 from vaelab.config import Config, load_config
 from vaelab.errors import VaelabError
 from vaelab.experiments import stats
-from vaelab.experiments.compare import format_value, number, read_metrics
+from vaelab.experiments.compare import number, read_metrics
+from vaelab.experiments.labels import format_value
 from vaelab.experiments.stats import format_number
 from vaelab.files import read_json, write_json, write_text
 from vaelab.runs import RESUME_MAY_CHANGE, flat, identity, is_locked

@@ -12,7 +12,7 @@ A run folder is read leniently: config.yaml, metrics.jsonl, the image grids, run
 evaluation.json may each be missing (a run still starting, or one never evaluated); the section
 that needs it then says "not available" and why, instead of the report failing.
 
-    read_run (per folder) -> labels and baseline (compare.label_runs) -> sections -> atomic write
+    read_run (per folder) -> labels and baseline (labels.label_runs) -> sections -> atomic write
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from PIL import Image
 import vaelab
 from vaelab.errors import VaelabError
 from vaelab.files import write_text
-from vaelab.experiments import compare
+from vaelab.experiments import compare, compare_tables, labels
 from vaelab.experiments.stats import format_number
 
 CURVES = ("val_loss", "val_recon", "val_kl", "val_psnr")
@@ -57,7 +57,7 @@ class Run:
     status: Optional[str] = None  # from run.json: running, finished, diverged, ...
     evaluation: Optional[dict] = None
     problems: dict[str, str] = field(default_factory=dict)  # file -> why it could not be used
-    label: str = ""  # how its config differs from the others' (compare.label_runs); "" for a lone run
+    label: str = ""  # how its config differs from the others' (labels.label_runs); "" for a lone run
 
     @property
     def name(self) -> str:
@@ -187,7 +187,7 @@ def metrics_table(runs: Sequence[Run]) -> str:
         skipped = [compare.number(m.get("skipped_steps")) or 0 for m in run.metrics]
         rss = [p[2] for p in run.points("rss_mb")]
         rows.append([run.name, run.label, run.status or "—", str(last["epoch"]),
-                     compare.format_duration(value("time_s")), f(value("val_loss")),
+                     compare_tables.format_duration(value("time_s")), f(value("val_loss")),
                      f"{f(best[2])} ({best[0]})" if best else "—", f(value("val_recon")), f(value("val_kl")),
                      f(value("val_psnr")), f(max(p[2] for p in psnr)) if psnr else "—", f(value("train_loss")),
                      f(sum(skipped)), f(max(rss)) if rss else "—"])
@@ -239,16 +239,16 @@ def config_section(runs: Sequence[Run], baseline: Run) -> str:
     if len(runs) == 1:
         return yaml_block(runs[0])
     parts = [f"<h3>baseline: {esc(baseline.name)}</h3>", yaml_block(baseline)]
-    base = compare.flatten(baseline.config)
+    base = labels.flatten(baseline.config)
     for run in runs:
         if run is baseline:
             continue
-        flat = compare.flatten(run.config)
+        flat = labels.flatten(run.config)
         keys = [k for k in dict.fromkeys([*base, *flat])
-                if k not in base or k not in flat or compare.canonical(base[k]) != compare.canonical(flat[k])]
-        shown = lambda cfg, k: compare.format_value(cfg[k]) if k in cfg else "unset"  # noqa: E731
+                if k not in base or k not in flat or labels.canonical(base[k]) != labels.canonical(flat[k])]
+        shown = lambda cfg, k: labels.format_value(cfg[k]) if k in cfg else "unset"  # noqa: E731
         rows = "".join(
-            f'<tr{" class=bookkeeping" if k in compare.IGNORED_KEYS or k.startswith(compare.IGNORED_PREFIXES) else ""}>'
+            f'<tr{" class=bookkeeping" if k in labels.IGNORED_KEYS or k.startswith(labels.IGNORED_PREFIXES) else ""}>'
             f"<td>{esc(k)}</td>"
             f"<td>{esc(shown(base, k))}</td><td>{esc(shown(flat, k))}</td></tr>" for k in keys)
         table = (f"<table><tr><th>key</th><th>baseline</th><th>this run</th></tr>{rows}</table>" if keys
@@ -400,10 +400,10 @@ def write_report(run_dirs: Sequence[Path | str], out: Path) -> Path:
     runs = [read_run(folder) for folder in folders]
     labelled = [r for r in runs if r.config]
     if len(labelled) > 1:
-        labels, _ = compare.label_runs([compare.RunRecord(r.folder, r.config, r.metrics) for r in labelled])
-        for run, label in zip(labelled, labels):
+        names, _ = labels.label_runs([compare.RunRecord(r.folder, r.config, r.metrics) for r in labelled])
+        for run, label in zip(labelled, names):
             run.label = label
-    baseline = next((r for r in labelled if r.label == compare.BASELINE), runs[0])
+    baseline = next((r for r in labelled if r.label == labels.BASELINE), runs[0])
     page = render(runs, baseline)
 
     out = Path(out)
