@@ -21,11 +21,8 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import platform
 import re
-import shutil
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -37,7 +34,6 @@ from typing import Optional, Sequence, Union
 import numpy as np
 import torch
 
-import vaelab
 from vaelab.checkpoints import LAST, LAST_EPOCH, CheckpointFolder, LowDisk, load_state
 from vaelab.config import Config, load_config
 from vaelab.data.collection import describe_skips, load_collection
@@ -46,6 +42,7 @@ from vaelab.data.loader import Batch, FittedImages, ImageLoader
 from vaelab.data.scaling import scale_pixels, to_pixels
 from vaelab.errors import VaelabError
 from vaelab.files import append_json_line, read_json, write_json, write_text
+from vaelab.provenance import environment, rss_mb, snapshot_source
 from vaelab.losses import check_scaling
 from vaelab.model import ConvVAE, build_model, check_strides, count_parameters
 from vaelab.train import StopTraining, Trainer, isolated, select_device
@@ -474,75 +471,6 @@ def trim_metrics(path: Path, epochs_done: int) -> None:
         if record.get("epoch", 0) <= epochs_done:
             kept.append(line)
     write_text(path, "".join(f"{line}\n" for line in kept))
-
-
-# --------------------------------------------------------------------------------------------
-# snapshots and small file helpers
-# --------------------------------------------------------------------------------------------
-
-
-def snapshot_source(folder: Path) -> None:
-    """Copy the vaelab package as it runs, plus its git commit and uncommitted diff."""
-    package = Path(vaelab.__file__).parent
-    shutil.copytree(package, folder / "vaelab", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    state = git_state(package)
-    diff = state.pop("diff", "")
-    write_json(folder / "git.json", state)
-    if diff:
-        write_text(folder / "git.diff", diff)
-
-
-def git_state(folder: Path, timeout: float = 10.0) -> dict:
-    """Commit, status and diff of the repository holding `folder`; a note when there is none."""
-    def git(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run(["git", "-C", str(folder), *args], capture_output=True, text=True,
-                              timeout=timeout, stdin=subprocess.DEVNULL)
-
-    try:
-        head = git("rev-parse", "HEAD")
-        if head.returncode != 0:
-            return {"git": "not in a git repository with commits"}
-        status = git("status", "--porcelain", "--", ".")
-        diff = git("diff", "HEAD", "--", ".")
-    except (OSError, subprocess.SubprocessError) as error:  # no git, or it hung
-        return {"git": f"unavailable ({type(error).__name__})"}
-    return {"commit": head.stdout.strip(), "dirty": bool(status.stdout.strip()),
-            "status": status.stdout.splitlines()[:200], "diff": diff.stdout[:10_000_000]}
-
-
-def environment(device: torch.device, model: ConvVAE, trainer: Trainer) -> dict:
-    import pydantic
-
-    cpu = platform.processor()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {
-        "vaelab": vaelab.__version__, "python": sys.version.split()[0], "platform": platform.platform(),
-        "torch": torch.__version__, "cuda": torch.version.cuda, "numpy": np.__version__,
-        "pydantic": pydantic.__version__, "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu,
-        "precision": str(trainer.amp) if trainer.amp else "float32", "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(), "hostname": platform.node(), "argv": sys.argv,
-        "parameters": count_parameters(model),
-    }
-
-
-def rss_mb() -> Optional[float]:
-    """Resident memory of this process now (Linux), else its peak."""
-    try:
-        with open("/proc/self/statm") as file:
-            return round(int(file.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20, 1)
-    except (OSError, ValueError, IndexError, AttributeError):
-        pass
-    try:
-        import resource
-
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
-        return round(peak / (2**20 if sys.platform == "darwin" else 2**10), 1)
-    except (ImportError, OSError):
-        return None
 
 
 # --------------------------------------------------------------------------------------------
