@@ -292,3 +292,25 @@ def test_train_command_resumes_with_more_epochs(setup):
         train_command(None, ["train.lr=0.1"], resume=str(run_dir))
     with pytest.raises(VaelabError, match="not a run folder"):
         train_command(None, [], resume=str(tmp_path / "nowhere"))
+
+
+def test_loaded_run_encode_keeps_padding_out_of_standardize_stats():
+    from vaelab.config import load_config
+    from vaelab.model import build_model
+    from vaelab.runs import LoadedRun
+
+    config = load_config(None, ["data.size=[16, 16]", "data.scale=standardize", "model.latent=4",
+                                "model.conv=[{filters: 4, kernel: 3, stride: 2}]", "model.dense=8"])
+    torch.manual_seed(0)
+    loaded = LoadedRun(Path("."), config, build_model(config.model, (16, 16)).eval(), Path("x"), 0, torch.device("cpu"))
+    image = torch.randint(0, 255, (1, 16, 16, 3), dtype=torch.uint8)
+    boxes = torch.tensor([[4, 0, 8, 16]])  # a letterboxed image: rows 0-3 and 12-15 are padding
+    image[:, :4] = 0
+    image[:, 12:] = 0
+    from vaelab.data.loader import Batch
+    from vaelab.data.scaling import to_model_input
+
+    as_in_training = to_model_input(Batch(image, boxes, torch.arange(1)), "standardize")
+    expected = loaded.model.encode(as_in_training.x)[0]
+    assert torch.allclose(loaded.encode(image, boxes), expected, atol=1e-6)
+    assert not torch.allclose(loaded.encode(image), expected, atol=1e-4)  # padding skews the stats

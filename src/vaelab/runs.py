@@ -39,7 +39,7 @@ from vaelab.config import Config, load_config
 from vaelab.data.collection import describe_skips, load_collection
 from vaelab.data.grid import save_png
 from vaelab.data.loader import Batch, FittedImages, ImageLoader
-from vaelab.data.scaling import scale_pixels, to_pixels
+from vaelab.data.scaling import box_masks, scale_pixels, to_pixels
 from vaelab.errors import VaelabError
 from vaelab.files import append_json_line, read_json, write_json, write_text
 from vaelab.provenance import environment, rss_mb, snapshot_source
@@ -497,10 +497,14 @@ class LoadedRun:
         return self.config.data
 
     @torch.no_grad()
-    def encode(self, pixels: Union[np.ndarray, torch.Tensor]) -> torch.Tensor:
-        """uint8 images (N, H, W, 3), already fitted to data.size -> posterior means (N, latent)."""
+    def encode(self, pixels: Union[np.ndarray, torch.Tensor], boxes: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """uint8 images (N, H, W, 3), already fitted to data.size -> posterior means (N, latent).
+        `boxes` (N, 4: top, left, height, width of the real pixels) keeps padding out of
+        `standardize` statistics, as in training; without them every pixel counts as real."""
         x = torch.as_tensor(pixels).to(self.device).permute(0, 3, 1, 2).float()
-        inputs = scale_pixels(x, torch.ones_like(x[:, :1]), self.config.data.scale)
+        height, width = x.shape[2:]
+        mask = torch.ones_like(x[:, :1]) if boxes is None else box_masks(torch.as_tensor(boxes).to(self.device), height, width)
+        inputs = scale_pixels(x, mask, self.config.data.scale)
         return self.model.encode(inputs.x)[0]
 
     @torch.no_grad()
