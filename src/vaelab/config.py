@@ -185,6 +185,22 @@ class RunConfig(Section):
     min_free_gb: float = Field(1.0, ge=0.0, description="stop cleanly, with a warning, rather than leave less free disk")
     tensorboard: bool = True
     images: int = Field(8, ge=0, description="images in the reconstruction grid each epoch (samples: twice as many); 0 = none")
+    mlflow_uri: Optional[str] = Field(
+        None, description="also log params, metrics and image grids to this MLflow tracking URI "
+        "(http://host:5000, sqlite:///mlflow.db); null = no MLflow; needs pip install 'vaelab[mlflow]'"
+    )
+    mlflow_experiment: str = Field("vaelab", min_length=1, description="MLflow experiment name; created if missing")
+
+    @field_validator("mlflow_uri")
+    @classmethod
+    def _absolute_sqlite(cls, uri: Optional[str]) -> Optional[str]:
+        # A relative sqlite:///file.db is resolved now, like the config's other paths, so a
+        # resume started from another folder logs into the same database.
+        rest = uri[len("sqlite:///"):] if uri is not None and uri.startswith("sqlite:///") else None
+        if not rest or rest.startswith("/") or rest == ":memory:":
+            return uri
+        return "sqlite:///" + os.path.abspath(os.path.expanduser(rest))
+
 
 
 class Config(Section):

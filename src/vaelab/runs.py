@@ -43,6 +43,7 @@ from vaelab.data.scaling import box_masks, scale_pixels, to_pixels
 from vaelab.errors import VaelabError
 from vaelab.files import append_json_line, read_json, write_json, write_text
 from vaelab.provenance import environment, rss_mb, snapshot_source
+from vaelab.tracking import Tracker, require_mlflow
 from vaelab.losses import check_scaling
 from vaelab.model import ConvVAE, build_model, check_strides, count_parameters
 from vaelab.train import StopTraining, Trainer, isolated, select_device
@@ -70,6 +71,7 @@ def train_run(config: Optional[Config] = None, resume: Union[Path, str, None] = 
     if config is not None:  # a config that cannot train is refused before it gets a run folder
         check_scaling(config.loss, config.data.scale, config.model.output_activation)
         check_strides(config.model, *config.data.size)
+        require_mlflow(config.run)
     run_dir, config, fresh = open_run(config, resume)
     lock = lock_run(run_dir)
     try:
@@ -144,6 +146,7 @@ def train_in(run_dir: Path, config: Config, fresh: bool, progress: Optional[bool
             log(f"stopped: {problem}")
             status = "stopped"
     recorder = Recorder(run_dir, config, checkpoints, log, fixed_batch(val_loader or train_loader, r.images))
+    recorder.tracker.open(flat(config.to_dict()))  # before the try: no mlflow on a resume leaves the run resumable
     recorder.board.open(purge_step=None if fresh else trainer.epoch + 1)
     write_status(run_dir, "running", trainer)
     try:
@@ -154,6 +157,7 @@ def train_in(run_dir: Path, config: Config, fresh: bool, progress: Optional[bool
         raise
     finally:
         recorder.board.close()
+        recorder.tracker.close(status or "failed")
     write_status(run_dir, status, trainer)
     best = f"; best val loss {trainer.best_loss:.6g} at epoch {trainer.best_epoch}" if trainer.best_epoch else ""
     log(f"{status}: {trainer.epoch}/{config.train.epochs} epochs, {trainer.step} steps{best}")
@@ -214,6 +218,7 @@ class Recorder:
     def __init__(self, run_dir: Path, config: Config, checkpoints: CheckpointFolder, log, images: Optional[Batch]):
         self.run_dir, self.config, self.checkpoints, self.log, self.images = run_dir, config, checkpoints, log, images
         self.board = Board(run_dir / "tensorboard", config.run.tensorboard, log)
+        self.tracker = Tracker(run_dir, config.run, log)
         self.last_save = time.monotonic()
 
     def after_step(self, trainer: Trainer) -> None:
@@ -241,6 +246,8 @@ class Recorder:
             save_png(recon, self.run_dir / "reconstructions" / f"epoch-{epoch:04d}.png")
             save_png(samples, self.run_dir / "samples" / f"epoch-{epoch:04d}.png")
         self.board.epoch(record, recon, samples)
+        grids = [self.run_dir / d / f"epoch-{epoch:04d}.png" for d in ("reconstructions", "samples")] if recon is not None else []
+        self.tracker.epoch(record, grids)
         self.log(epoch_line(record, self.config.train.epochs))
         try:
             numbered = epoch % self.config.run.checkpoint_every == 0 or epoch == self.config.train.epochs
