@@ -181,13 +181,31 @@ def data_preview(config_path: Optional[Path], overrides: tuple[str, ...], out: P
 @click.option("--resume", default=None, metavar="RUN_DIR|auto",
               help="Continue a stopped run in its own folder, or 'auto': the newest unfinished run with the "
                    "same config under run.root, else a new run (for preemptible jobs).")
-def train(config_path: Optional[Path], overrides: tuple[str, ...], resume: Optional[str]) -> None:
+@click.option("--devices", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Data-parallel training in N processes on this machine (one per GPU; CPU processes without "
+                   "GPUs), started through torchrun's launcher. train.batch_size is the global batch, split "
+                   "evenly over the N processes. Several machines: torchrun --nnodes=M --nproc-per-node=N "
+                   "-m vaelab train ...")
+def train(config_path: Optional[Path], overrides: tuple[str, ...], resume: Optional[str],
+          devices: Optional[int]) -> None:
     """Train a VAE. Without -c: the embedded default, the built-in figure set at 64 px.
 
     Every run gets its own folder under run.root (printed at start and end) with the resolved
     config, a source snapshot, env.json, metrics.jsonl, TensorBoard events, reconstruction and
     sample grids, and checkpoints. Ctrl-C stops after writing a checkpoint; --resume continues.
     """
+    import os
+
+    if devices is not None and devices > 1 and "WORLD_SIZE" not in os.environ:
+        from vaelab.distributed import launch
+
+        args = ["train"] + (["-c", str(config_path)] if config_path is not None else [])
+        args += [item for override in overrides for item in ("--set", override)]
+        args += ["--resume", resume] if resume is not None else []
+        status = launch(devices, args)
+        if status:
+            sys.exit(status)
+        return
     from vaelab.runs import train_command
 
     train_command(config_path, overrides, resume)
@@ -235,10 +253,28 @@ def compare(run_dirs: tuple[Path, ...], thresholds: tuple[str, ...], out: Option
 @click.argument("plan_path", metavar="PLAN.yaml", type=click.Path(path_type=Path))
 @click.option("--workers", "-j", type=click.IntRange(min=1), default=1, show_default=True,
               help="Pairs trained at once on this machine, each in its own process with cores/N torch threads. "
-                   "On a CPU, --workers equal to the number of cores is usually fastest.")
+                   "On a CPU, --workers equal to the number of cores is usually fastest. Without --storage.")
 @click.option("--journal-only", is_flag=True,
-              help="Rebuild journal.md and journal.html from the existing runs; train nothing.")
-def sweep(plan_path: Path, workers: int, journal_only: bool) -> None:
+              help="Rebuild journal.md and journal.html from the existing runs (and the storage's search); "
+                   "train nothing.")
+@click.option("--storage", metavar="URL", default=None,
+              help="Keep the job queue and results in this database (Optuna's RDB storage): "
+                   "sqlite:///PATH/optuna.db for workers on one machine, postgresql://USER:PASSWORD@HOST:5432/DB "
+                   "(pip install 'vaelab[postgres]') for several. [default with --worker or --search: "
+                   "sqlite:///<sweep folder>/optuna.db]")
+@click.option("--worker", is_flag=True,
+              help="Only take jobs from the storage until none is left, then exit without the journal. Start any "
+                   "number, on any machines that share the plan's sweep folder (root:) for the run folders.")
+@click.option("--search", type=click.IntRange(min=1), default=None, metavar="N",
+              help="A TPE hyperparameter search of N trials over the ranges in the plan's search: section, one "
+                   "dotted key per line: train.lr: loguniform(1e-5, 1e-3), model.latent: int(16, 128), "
+                   "model.activation: choice(lrelu, elu); also uniform(a, b) and logint(a, b). Seeded with the "
+                   "plan's first seed, which every trial trains with.")
+@click.option("--grace", type=click.IntRange(min=2), default=120, show_default=True, metavar="SECONDS",
+              help="With --storage: a job whose worker sent no heartbeat for this long (beats every SECONDS/4) is "
+                   "presumed lost and retried, resuming its run folder.")
+def sweep(plan_path: Path, workers: int, journal_only: bool, storage: Optional[str], worker: bool,
+          search: Optional[int], grace: int) -> None:
     """Run a sweep plan: a baseline config and one-change variants, each over several seeds.
 
     Every (variant, seed) pair is an ordinary run folder, named <variant>-s<seed>, in the plan's
@@ -247,10 +283,26 @@ def sweep(plan_path: Path, workers: int, journal_only: bool) -> None:
     journal.html there measure each variant against the baseline at the final epoch: mean val
     loss and PSNR, their change with a 95% CI, p (Welch's t-test) and a verdict. The plan's
     baseline path is relative to the plan file's folder, else to the current directory.
-    """
-    from vaelab.experiments.sweep import sweep_command
 
-    sweep_command(plan_path, workers, journal_only)
+    \b
+    Across machines (--storage URL): the pairs are jobs in the database; this process and any
+    `vaelab sweep PLAN.yaml --storage URL --worker` take jobs until none is left. A job whose
+    worker dies is retried after --grace seconds and resumes its run folder; finished jobs are
+    never rerun. Workers must see the same sweep folder (root:, e.g. on NFS): the run folders
+    there decide what is finished. --search N runs a TPE search in the same storage instead,
+    and the journal lists its best trials.
+    """
+    if storage is None and not worker and search is None:
+        from vaelab.experiments.sweep import sweep_command
+
+        sweep_command(plan_path, workers, journal_only)
+        return
+    if workers > 1:
+        raise VaelabError(f"--workers {workers}: with --storage, start one `vaelab sweep {plan_path} --storage URL "
+                          "--worker` per job to run at once instead")
+    from vaelab.experiments.sweep_storage import storage_command
+
+    storage_command(plan_path, storage, worker=worker, search=search, grace=grace, journal_only=journal_only)
 
 
 # --------------------------------------------------------------------------------------------
@@ -442,7 +494,10 @@ def main(argv: Optional[list[str]] = None) -> None:
     try:
         status = cli.main(args=argv, prog_name="vaelab", standalone_mode=False)
     except VaelabError as error:
-        click.echo(f"error: {error}", err=True)
+        import os
+
+        if os.environ.get("RANK", "0") == "0":  # data-parallel: rank 0 alone reports what every rank found
+            click.echo(f"error: {error}", err=True)
         sys.exit(2)
     except click.exceptions.Abort:
         click.echo("interrupted", err=True)

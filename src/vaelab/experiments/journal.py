@@ -168,9 +168,10 @@ COLUMNS = ("variant", "change", "hypothesis", "seeds", "val loss (mean ± sd)", 
            "PSNR dB (mean ± sd)", "Δ PSNR dB [95% CI]", "p", "verdict")
 
 
-def build_journal(name: str, folder: Path, groups: list[dict]) -> dict:
+def build_journal(name: str, folder: Path, groups: list[dict], search: Optional[dict] = None) -> dict:
     """groups[0] is the baseline. Each group: variant, hypothesis, changes [(key, old, new)],
-    loss_comparable, pairs [{seed, epoch, status, run (finished folder or None), stopped_at}]."""
+    loss_comparable, pairs [{seed, epoch, status, run (finished folder or None), stopped_at}].
+    search: a hyperparameter search's trials (`sweep_storage.search_summary`), shown after the table."""
     notes: list[str] = []
     values = [group_values(group, notes) for group in groups]
     rows = []
@@ -193,7 +194,7 @@ def build_journal(name: str, folder: Path, groups: list[dict]) -> dict:
     epochs = sorted({p["epoch"] for group in groups for p in group["pairs"]})
     return {"name": name, "folder": str(folder), "written": time.strftime("%Y-%m-%d %H:%M:%S"),
             "epochs": epochs, "method": stats.METHOD, "alpha": stats.ALPHA, "confidence": stats.CONFIDENCE,
-            "rows": rows, "notes": notes}
+            "rows": rows, "notes": notes, "search": search}
 
 
 def group_values(group: dict, notes: list[str]) -> dict[str, list[float]]:
@@ -305,6 +306,22 @@ def method_text(journal: dict) -> str:
             "change makes val losses incomparable); a PSNR verdict that disagrees is shown in brackets.")
 
 
+SEARCH_SHOWN = 20  # the best trials in the journal files; the terminal shows fewer
+
+
+def search_table(search: dict, limit: int) -> tuple[str, list[str], list[list[str]]]:
+    """(heading, columns, rows of plain text) of a search's best finished trials."""
+    keys = list(search["ranges"])
+    metric = search["metric"].replace("_", " ")
+    counts = ", ".join(f"{n} {state}" for state, n in search["counts"].items()) or "no trials yet"
+    heading = (f"Search: {'lowest' if search['direction'] == 'minimize' else 'highest'} {metric} first "
+               f"({counts}); ranges: " + "; ".join(f"{k}: {r}" for k, r in search["ranges"].items()))
+    rows = [[str(i), str(t["number"]), format_number(t["value"]),
+             *[format_value(t["params"].get(k)) for k in keys], t.get("run") or "—"]
+            for i, t in enumerate(search["trials"][:limit], 1)]
+    return heading, ["rank", "trial", metric, *keys, "run"], rows
+
+
 # --------------------------------------------------------------------------------------------
 # writers
 # --------------------------------------------------------------------------------------------
@@ -330,6 +347,10 @@ def to_markdown(journal: dict) -> str:
         lines += ["Notes:", *[f"- {cell(n)}" for n in journal["notes"]], ""]
     lines += ["Runs:", *[f"- {cell(row['variant'])}: " + (", ".join(f"`{Path(r).name}`" for r in row["runs"]) or "none")
                          for row in journal["rows"]], ""]
+    if journal.get("search"):
+        heading, columns, rows = search_table(journal["search"], SEARCH_SHOWN)
+        lines += [cell(heading), "", "| " + " | ".join(cell(c) for c in columns) + " |", "|" + "---|" * len(columns),
+                  *["| " + " | ".join(cell(c) for c in row) + " |" for row in rows], ""]
     return "\n".join(lines)
 
 
@@ -360,6 +381,13 @@ def to_html(journal: dict) -> str:
     notes = "".join(f"<li>{e(n)}</li>" for n in journal["notes"])
     runs = "".join(f"<li>{e(row['variant'])}: " + (", ".join(f"<code>{e(Path(r).name)}</code>" for r in row["runs"])
                                                     or "none") + "</li>" for row in journal["rows"])
+    search = ""
+    if journal.get("search"):
+        heading, columns, rows = search_table(journal["search"], SEARCH_SHOWN)
+        search = (f"<h2>Search</h2><p>{e(heading)}</p><table><thead><tr>"
+                  + "".join(f"<th>{e(c)}</th>" for c in columns) + "</tr></thead><tbody>"
+                  + "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in rows)
+                  + "</tbody></table>\n")
     return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>Sweep journal: {e(journal['name'])}</title><style>{STYLE}</style></head><body>\n"
             f"<h1>Sweep journal: {e(journal['name'])}</h1>\n"
@@ -367,7 +395,7 @@ def to_html(journal: dict) -> str:
             f"<table><thead><tr>{head}</tr></thead><tbody>\n" + "\n".join(body) + "\n</tbody></table>\n"
             f"<p>{e(method_text(journal))}</p>\n"
             + (f"<h2>Notes</h2><ul>{notes}</ul>\n" if notes else "")
-            + f"<h2>Runs</h2><ul>{runs}</ul>\n</body></html>\n")
+            + f"<h2>Runs</h2><ul>{runs}</ul>\n{search}</body></html>\n")
 
 
 def print_journal(journal: dict) -> None:
@@ -391,4 +419,12 @@ def print_journal(journal: dict) -> None:
     console.print(escape(method_text(journal)))
     for note in journal["notes"]:
         console.print(f"note: {escape(note)}")
+    if journal.get("search"):
+        heading, columns, rows = search_table(journal["search"], 5)
+        best = Table(title=escape(heading), title_justify="left")
+        for column in columns:
+            best.add_column(escape(column), overflow="fold")
+        for row in rows:
+            best.add_row(*[escape(c) for c in row])
+        console.print(best)
     console.print(f"journal: {escape(str(Path(journal['folder']) / 'journal.md'))} and journal.html")

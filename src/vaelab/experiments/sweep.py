@@ -8,7 +8,9 @@ The plan (format in ../shared/PRODUCT.md):
     baseline: ccp-64.yaml        # relative to the plan file's folder, else to the cwd
     seeds: [0, 1, 2]
     set: {train.epochs: 8}       # overrides for every run (dotted keys; nested mappings are merged)
-    variants:
+    search:                      # optional ranges for --search (vaelab.experiments.sweep_storage), one per line
+      train.lr: loguniform(1e-5, 1e-3)
+    variants:                    # optional when the plan has a search
       - name: sigmoid-output     # letters, digits, '.', '_', '-'; 'baseline' is reserved
         set: {model.output_activation: sigmoid}
         hypothesis: a bounded output fits unit-scaled pixels better
@@ -49,7 +51,7 @@ from vaelab.experiments.journal import (Found, SweepState, build_journal, journa
 from vaelab.files import write_text
 from vaelab.runs import flat, lock_run, train_run
 
-PLAN_KEYS = ("name", "root", "baseline", "seeds", "set", "variants")
+PLAN_KEYS = ("name", "root", "baseline", "seeds", "set", "search", "variants")
 VARIANT_KEYS = ("name", "set", "hypothesis")
 BASELINE = "baseline"
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,80}")
@@ -58,7 +60,8 @@ RESERVED = {"train.seed": "list seeds under 'seeds:'", "run.root": "set the swee
             "run.name": "runs are named <variant>-s<seed>"}
 # Keys that change how a run is executed or stored, not what it computes: a variant changing
 # only these changes nothing.
-NOT_EXPERIMENTAL = ("run.", "train.seed", "data.workers", "data.cache", "train.device", "train.amp")
+NOT_EXPERIMENTAL = ("run.", "train.seed", "data.workers", "data.prefetch", "data.cache", "train.device", "train.amp",
+                    "train.channels_last", "train.compile")
 # Keys that change the unit of val_loss (what is summed, over which pixels, in which scale):
 # for such a variant the verdict uses PSNR, which is per real pixel in image space.
 LOSS_UNIT = ("loss.", "data.size", "data.fit", "data.bbox_crop", "data.scale", "data.pad_value")
@@ -97,6 +100,8 @@ class Plan:
     seeds: list[int]
     variants: list[Variant]  # the baseline first
     pairs: list[Pair]
+    common: dict[str, Any] = field(default_factory=dict)  # the plan's `set:`, dotted
+    search: dict[str, Any] = field(default_factory=dict)  # dotted key -> sweep_storage.Range, for --search
 
 
 # --------------------------------------------------------------------------------------------
@@ -122,8 +127,13 @@ def load_plan(path: Path) -> Plan:
     base_config = build_config(baseline, common, {}, f"{path}: set")
     reference = experiment(base_config)
 
+    from vaelab.experiments.sweep_storage import parse_search  # imports this module
+
+    search = parse_search(raw.get("search"), baseline, common, f"{path}: search")
     entries = raw.get("variants")
-    if not isinstance(entries, list) or not entries:
+    if search and entries is None:
+        entries = []  # a search-only plan: its pairs are the baseline's seeds
+    elif not isinstance(entries, list) or not entries:
         raise VaelabError(f"{path}: variants: give a list of one-change variants, each with name and set")
     variants, seen, computed = [Variant(BASELINE, {})], {}, {}
     for index, entry in enumerate(entries):
@@ -163,7 +173,7 @@ def load_plan(path: Path) -> Plan:
     folder = Path(raw.get("root") or Path("runs") / "sweeps" / path.stem).expanduser().absolute()
     pairs = [Pair(v, seed, pair_config(baseline, common, v, seed, folder)) for v in variants for seed in seeds]
     name = str(raw.get("name") or path.stem)
-    return Plan(path.absolute(), name, folder, baseline, list(seeds), variants, pairs)
+    return Plan(path.absolute(), name, folder, baseline, list(seeds), variants, pairs, common, search)
 
 
 def unknown_keys(raw: dict, known: tuple[str, ...], where: str) -> None:

@@ -1,0 +1,556 @@
+"""`vaelab sweep PLAN --storage URL [--worker] [--search N]`: a sweep's job queue and results in a
+database, through Optuna's RDB storage, so that worker processes on any machines share one sweep.
+
+Jobs. One Optuna study per plan, named after the plan. Each (variant, seed) pair is a trial,
+enqueued WAITING once, with user attrs naming the pair (`job`) and a fingerprint of its config
+(a changed plan enqueues its changed pairs anew). A worker claims a WAITING trial (RUNNING),
+trains the pair with `train_run` in the plan's sweep folder and tells the trial COMPLETE with
+the final val loss (PRUNED for a diverged run, FAIL with the error for a failed one). `--search
+N` uses a second study, `<name>/search`: a seeded TPE sampler proposes N configs over the
+plan's `search:` ranges (baseline + `set:` + the sampled values, first seed).
+
+Claiming. Optuna pops a WAITING trial with SELECT ... FOR UPDATE: atomic on PostgreSQL, but
+SQLite ignores FOR UPDATE, so two SQLite workers could claim one trial. Every read-then-write
+on the queue (enqueueing, failing stale trials, claiming, counting search trials) therefore
+runs under one lock: a PostgreSQL advisory lock, or an flock on a file beside the SQLite file.
+
+Lost workers. A worker records Optuna's heartbeat for its trial every grace/4 s, from before
+the claim. The next worker that looks fails a trial whose heartbeat is older than the grace
+period (`optuna.storages.fail_stale_trials`) and Optuna's RetryHeartbeatStaleTrialCallback
+enqueues a copy. The run folders, as in a local sweep, say what is done: the copy's worker
+tells a finished pair COMPLETE without training, resumes an unfinished one from its last
+checkpoint in its own folder, and waits while a live process still holds the folder's lock.
+So finished jobs are never rerun and no job trains twice. Run folders go to the plan's sweep
+folder (`root:`): workers on several machines must share that folder (e.g. over NFS).
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import signal
+import threading
+import time
+import warnings
+import zlib
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+import yaml
+
+from vaelab.config import Config, check_keys, set_dotted
+from vaelab.errors import VaelabError
+from vaelab.experiments.compare import number, read_metrics
+from vaelab.experiments.journal import build_journal, journal_groups, match_key, pair_state, print_journal, \
+    scan_runs, write_journal
+from vaelab.experiments.sweep import (LOSS_UNIT, NOT_EXPERIMENTAL, RESERVED, Plan, as_override, build_config,
+                                      config_path, load_plan, say)
+from vaelab.files import write_text
+from vaelab.runs import train_run
+
+KINDS = {"uniform": "uniform(0.1, 0.9)", "loguniform": "loguniform(1e-5, 1e-3)", "int": "int(16, 128)",
+         "logint": "logint(8, 256)", "choice": "choice(lrelu, elu)"}
+USAGE = "use " + ", ".join(KINDS.values())
+MAX_RETRY = 3  # a job that takes its worker down every time (out of memory, say) is not retried for ever
+POLL_S = 1.0
+
+
+# --------------------------------------------------------------------------------------------
+# the plan's search ranges
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Range:
+    kind: str  # one of KINDS
+    values: tuple  # (low, high), or the choices
+
+    def suggest(self, trial, key: str) -> Any:
+        if self.kind == "choice":
+            return trial.suggest_categorical(key, list(self.values))
+        low, high = self.values
+        if self.kind in ("int", "logint"):
+            return trial.suggest_int(key, low, high, log=self.kind == "logint")
+        return trial.suggest_float(key, low, high, log=self.kind == "loguniform")
+
+    def text(self) -> str:
+        return f"{self.kind}({', '.join(map(str, self.values))})"
+
+
+def parse_search(raw: Any, baseline: Path, common: dict, where: str) -> dict[str, Range]:
+    """The plan's `search:` as dotted key -> Range; every bound and choice is built into a config,
+    so a value the config refuses fails here, naming its key, before any run."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict) or not raw:
+        raise VaelabError(f"{where}: expected dotted keys with ranges, one per line, e.g. "
+                          "'train.lr: loguniform(1e-5, 1e-3)'")
+    flat: dict[str, Any] = {}
+
+    def walk(node: dict, prefix: str) -> None:  # nested mappings as in `set:`
+        for key, value in node.items():
+            walk(value, f"{prefix}{key}.") if isinstance(value, dict) else flat.__setitem__(f"{prefix}{key}", value)
+
+    walk(raw, "")
+    out = {}
+    for key, spec in flat.items():
+        nested: dict[str, Any] = {}
+        set_dotted(nested, key, None, origin=where)
+        check_keys(nested, Config, origin=where)
+        if key in RESERVED:
+            raise VaelabError(f"{where}: {key} is set by the sweep; {RESERVED[key]}")
+        if key.startswith(NOT_EXPERIMENTAL):
+            raise VaelabError(f"{where}: {key} changes how a run is executed, not what it computes; search another key")
+        out[key] = parse_range(spec, f"{where}: {key}")
+        for value in out[key].values:  # int and float bounds alike: the extremes the sampler may draw
+            build_config(baseline, common, {key: value}, f"{where}: {key}={value}")
+    return out
+
+
+def parse_range(spec: Any, where: str) -> Range:
+    head, _, rest = spec.partition("(") if isinstance(spec, str) else ("", "", "")
+    kind = head.strip().lower()
+    if not rest.rstrip().endswith(")") or not kind:
+        cut = " (a comma inside {...} ends the value: write one key per line)" if rest and ")" not in rest else ""
+        raise VaelabError(f"{where}: {spec!r} is not a range{cut}; {USAGE}")
+    if kind not in KINDS:
+        close = difflib.get_close_matches(kind, KINDS, n=1, cutoff=0.5)
+        raise VaelabError(f"{where}: unknown distribution '{kind}'" + (f"; did you mean '{close[0]}'?" if close else "")
+                          + f"; {USAGE}")
+    example = f"e.g. {KINDS[kind]}"
+    try:
+        args = yaml.safe_load(f"[{rest.rstrip()[:-1]}]")
+    except yaml.YAMLError:
+        raise VaelabError(f"{where}: cannot read the values of {spec}; {example}") from None
+    if kind == "choice":
+        if len(args) < 2 or any(a is None or isinstance(a, (list, dict)) for a in args):
+            raise VaelabError(f"{where}: choice() takes two or more single values (words or numbers), {example}")
+        if len({repr(a) for a in args}) != len(args):
+            raise VaelabError(f"{where}: {spec} lists a value twice; list each once")
+        return Range(kind, tuple(args))
+    args = [to_number(a) for a in args]  # YAML reads 1e-5 (no dot) as text
+    integral = kind in ("int", "logint")
+    if len(args) != 2 or any(a is None or (integral and not isinstance(a, int)) for a in args):
+        raise VaelabError(f"{where}: {kind}() takes two {'integers' if integral else 'numbers'}, low and high, {example}")
+    low, high = args
+    if not low < high:
+        raise VaelabError(f"{where}: {spec}: low must be below high, {example}")
+    if kind.startswith("log") and low <= 0:
+        raise VaelabError(f"{where}: {spec}: a log range needs low > 0, {example}")
+    return Range(kind, (low, high) if integral else (float(low), float(high)))
+
+
+def to_number(value: Any) -> Optional[float]:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return value
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+# --------------------------------------------------------------------------------------------
+# the storage
+# --------------------------------------------------------------------------------------------
+
+
+class Storage:
+    """Optuna's RDB storage with its heartbeat, and the lock that serialises changes to the queue."""
+
+    def __init__(self, url: str, grace: int):
+        import optuna
+        import sqlalchemy
+        from sqlalchemy.engine import make_url
+
+        try:
+            parsed = make_url(url)
+        except sqlalchemy.exc.ArgumentError:
+            raise VaelabError(f"--storage {url}: not a database URL; give e.g. sqlite:///runs/sweeps/NAME/optuna.db "
+                              "or postgresql://USER:PASSWORD@HOST:5432/DATABASE") from None
+        shown = parsed.render_as_string(hide_password=True)
+        self.backend, self.lock_file = parsed.get_backend_name(), None
+        kwargs: dict[str, Any] = {}
+        if self.backend == "sqlite":
+            if not parsed.database or parsed.database == ":memory:":
+                raise VaelabError(f"--storage {shown}: give an SQLite file, e.g. sqlite:///runs/sweeps/NAME/optuna.db")
+            database = Path(parsed.database).expanduser()
+            database.parent.mkdir(parents=True, exist_ok=True)
+            self.lock_file = database.with_name(database.name + ".lock")
+            kwargs = {"connect_args": {"timeout": 60}}  # writers wait for each other, not fail 'database is locked'
+        elif self.backend == "postgresql":
+            kwargs = {"connect_args": {"connect_timeout": 10}, "pool_pre_ping": True}
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        # Optuna marks the heartbeat and fail_stale_trials experimental; the user cannot act on that.
+        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+        self.interval = max(1, grace // 4)
+        try:
+            if True:
+                self.rdb = optuna.storages.RDBStorage(
+                    url, engine_kwargs=kwargs, heartbeat_interval=self.interval, grace_period=grace,
+                    heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY))
+        except (ImportError, sqlalchemy.exc.NoSuchModuleError):
+            driver = {"postgresql": "psycopg2: pip install 'vaelab[postgres]'",
+                      "mysql": "a MySQL driver, e.g. pip install pymysql"}.get(self.backend, f"a {self.backend} driver")
+            raise VaelabError(f"--storage {shown}: the database driver is not installed; install {driver}") from None
+        except sqlalchemy.exc.SQLAlchemyError as error:
+            reason = " ".join(str(getattr(error, "orig", None) or error).split())[:200]
+            raise VaelabError(f"--storage {shown}: cannot open the database ({reason}); check the host, port, user, "
+                              "password and database name, and that the server is running") from None
+        self.shown = shown
+
+    def study(self, name: str, direction: str, sampler=None):
+        import optuna
+
+        with self.lock(name):
+            study = optuna.create_study(study_name=name, storage=self.rdb, direction=direction, sampler=sampler,
+                                        load_if_exists=True)
+        if study.direction.name.lower() != direction:
+            raise VaelabError(f"--storage {self.shown}: study '{name}' was made to {study.direction.name.lower()} "
+                              f"and this plan's search would {direction}; rename the plan (name:) to start afresh")
+        return study
+
+    @contextmanager
+    def lock(self, name: str) -> Iterator[None]:
+        if self.lock_file is not None:
+            import fcntl  # SQLite is for one machine, so a file lock reaches every worker
+
+            with open(self.lock_file, "a") as file:
+                fcntl.flock(file, fcntl.LOCK_EX)
+                yield  # closing the file releases the lock, also when the process dies
+        elif self.backend == "postgresql":
+            from sqlalchemy import text
+
+            key = zlib.crc32(f"vaelab-sweep:{name}".encode()) - 2**31  # a bigint key per study
+            with self.rdb.engine.connect() as connection:  # the server drops the lock if this process dies
+                connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": key})
+                try:
+                    yield
+                finally:
+                    connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+                    connection.commit()
+        else:
+            yield  # another database: Optuna's row lock (SELECT ... FOR UPDATE) alone guards a claim
+
+
+@contextmanager
+def heartbeat(storage: Storage, trial_id: int) -> Iterator[None]:
+    """Optuna's heartbeat for a trial, from a thread, while this process holds the job."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(storage.interval):
+            try:
+                storage.rdb.record_heartbeat(trial_id)
+            except Exception:  # noqa: BLE001 - a database hiccup shorter than the grace period is harmless
+                pass
+
+    thread = threading.Thread(target=beat, name="vaelab-heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+# --------------------------------------------------------------------------------------------
+# jobs
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Job:
+    key: str  # the pair (<variant>-s<seed>) or search-<trial>
+    config: Config
+    number: int = -1  # the trial
+    trial_id: int = -1
+
+    @property
+    def fingerprint(self) -> str:  # what the run computes and for how long
+        text = match_key(self.config) + f"epochs={self.config.train.epochs}"
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def states():
+    from optuna.trial import TrialState
+
+    return TrialState
+
+
+def ident(trial) -> tuple:
+    return trial.user_attrs.get("job"), trial.user_attrs.get("fingerprint")
+
+
+def holds(trial) -> bool:
+    """Whether a trial stands for its job: waiting, running or done (a duplicate pruned at its claim does not)."""
+    S = states()
+    return trial.state in (S.WAITING, S.RUNNING, S.COMPLETE) or (
+        trial.state == S.PRUNED and trial.user_attrs.get("outcome") != "duplicate")
+
+
+def enqueue_pairs(storage: Storage, study, jobs: list[Job]) -> int:
+    """Enqueue each pair that has no trial standing for it (so a failed pair is tried again)."""
+    with storage.lock(study.study_name):
+        held = {ident(t) for t in study.get_trials(deepcopy=False) if holds(t)}
+        new = [job for job in jobs if (job.key, job.fingerprint) not in held]
+        for job in new:
+            study.enqueue_trial({}, user_attrs={"job": job.key, "fingerprint": job.fingerprint})
+    return len(new)
+
+
+def claim_waiting(storage: Storage, study, accept) -> Optional[tuple[Any, Any]]:
+    """(frozen trial, accept's value) for a WAITING trial that this worker now holds, or None.
+    The caller holds the queue lock."""
+    S = states()
+    trials = study.get_trials(deepcopy=False)
+    for trial in (t for t in trials if t.state == S.WAITING):
+        wanted = accept(trial)
+        if wanted is None:
+            continue  # a job of another version of the plan: left to its workers
+        # Heartbeat first: Optuna never finds a RUNNING trial without one stale, so a worker killed
+        # right after the claim would hold its job for ever. FrozenTrial has no public id.
+        storage.rdb.record_heartbeat(trial._trial_id)
+        if not storage.rdb.set_trial_state_values(trial._trial_id, S.RUNNING):
+            continue
+        # Two enqueues racing without a lock (another database) or a job given back after it was
+        # found stale leave two trials for one job: the later one must not run it again.
+        twin = next((t for t in trials if t.number != trial.number and ident(t) == ident(trial)
+                     and holds(t) and t.state != S.WAITING), None)
+        if twin is None:
+            return trial, wanted
+        storage.rdb.set_trial_user_attr(trial._trial_id, "outcome", "duplicate")
+        study.tell(trial.number, state=S.PRUNED, skip_if_finished=True)
+    return None
+
+
+def pending(study, accept) -> int:
+    S = states()
+    return sum(1 for t in study.get_trials(deepcopy=False, states=(S.WAITING, S.RUNNING)) if accept(t) is not None)
+
+
+def run_job(plan: Plan, job: Job, storage: Storage, metric: str) -> tuple[str, Optional[float], dict]:
+    """Train the job's run (or find it done) while heartbeating: (trial state, value, user attrs)."""
+    def look():
+        return pair_state(job, scan_runs(plan.folder).get(match_key(job.config), []), None)
+
+    with heartbeat(storage, job.trial_id):
+        action, found = look()
+        while action == "busy":  # e.g. the worker whose trial was found stale is alive after all
+            say(f"{job.key}: {found.folder.name} is being trained by another process; waiting for it")
+            time.sleep(max(POLL_S, storage.interval))
+            action, found = look()
+        if action in ("new", "resume"):
+            say(f"{job.key} (trial {job.number}): {'resuming ' + found.folder.name if found else 'starting'}")
+            try:
+                train_run(job.config, resume=found.folder if found else None, progress=False)
+            except Exception as exc:  # noqa: BLE001 - one failed job must not stop the worker
+                text = str(exc) if isinstance(exc, VaelabError) else f"{type(exc).__name__}: {exc}"
+                return "FAIL", None, {"error": text[:500]}
+            action, found = look()
+    attrs = {"run": found.folder.name} if found else {}
+    if action == "diverged":
+        return "PRUNED", None, {**attrs, "outcome": "diverged"}
+    if action != "finished":
+        return "INTERRUPTED", None, {**attrs, "outcome": found.status if found else "not started"}
+    records, _ = read_metrics(found.folder / "metrics.jsonl")
+    record = next((r for r in records if r["epoch"] == job.config.train.epochs), {})
+    value = number(record.get(metric))
+    if value is None:
+        return "FAIL", None, {**attrs, "error": f"no {metric} at epoch {job.config.train.epochs} (no validation split?)"}
+    return "COMPLETE", value, {**attrs, "outcome": "finished"}
+
+
+def work(plan: Plan, storage: Storage, study, metric: str, next_job, accept) -> list[str]:
+    """Take jobs until none is waiting or running anywhere; a line per job that failed here."""
+    S = states()
+    problems, done = [], 0
+    previous = signal.signal(signal.SIGTERM, interrupt)  # between jobs SIGTERM stops as Ctrl-C does
+    try:
+        while True:
+            with storage.lock(study.study_name):
+                from optuna.storages import fail_stale_trials
+
+                fail_stale_trials(study)  # a killed worker's job: FAIL, and a WAITING copy to resume it
+                job = next_job()
+            if job is None:
+                if not pending(study, accept):
+                    break
+                time.sleep(POLL_S)  # jobs run elsewhere: wait, to retry any whose worker dies
+                continue
+            try:
+                state, value, attrs = run_job(plan, job, storage, metric)
+            except BaseException:
+                give_back(storage, study, job, {"outcome": "interrupted"})
+                raise
+            if state == "INTERRUPTED":  # train_run saved on Ctrl-C or SIGTERM, or the disk is full
+                give_back(storage, study, job, attrs)
+                if attrs.get("outcome") == "interrupted":
+                    raise KeyboardInterrupt
+                raise VaelabError(f"{job.key}: {attrs.get('outcome')} in {attrs.get('run')} (see its log.txt); "
+                                  "the job is back in the queue for any worker to resume")
+            for key, text in attrs.items():
+                storage.rdb.set_trial_user_attr(job.trial_id, key, text)
+            study.tell(job.number, value, state=None if state == "COMPLETE" else S[state], skip_if_finished=True)
+            done += 1
+            shown = f"{metric} {value:.6g}" if value is not None else attrs.get("error") or attrs.get("outcome")
+            say(f"{job.key} (trial {job.number}): {state.lower()}, {shown}")
+            if state == "FAIL":
+                problems.append(f"{job.key}: {attrs.get('error')}")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    say(f"worker: {done} job(s) done here; none left in {study.study_name}")
+    return problems
+
+
+def interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def give_back(storage: Storage, study, job: Job, attrs: dict) -> None:
+    """A job this worker stops holding unfinished: FAIL, and enqueued again for any worker to resume
+    (unless it was found stale meanwhile: then Optuna's retry callback enqueued it already)."""
+    with storage.lock(study.study_name):
+        trial = storage.rdb.get_trial(job.trial_id)
+        if trial.state == states().RUNNING:
+            study.tell(job.number, state=states().FAIL, skip_if_finished=True)
+            study.enqueue_trial(trial.params, user_attrs={**trial.user_attrs, **attrs})
+
+
+def job_of(plan: Plan, study):
+    """A trial -> its Job if it belongs to this plan (the pairs' study or the search study), else None."""
+    pairs = {p.key: Job(p.key, p.config) for p in plan.pairs}
+    fingerprints = {job.fingerprint: job for job in pairs.values()}
+    if not study.study_name.endswith("/search"):
+        return lambda t: fingerprints.get(t.user_attrs.get("fingerprint"))
+    return lambda t: t.user_attrs.get("job") if str(t.user_attrs.get("job", "")).startswith("search-") else None
+
+
+def search_config(plan: Plan, key: str, params: dict) -> Config:
+    extra = (as_override("train.seed", plan.seeds[0]), as_override("run.root", str(plan.folder)),
+             as_override("run.name", key))
+    return build_config(plan.baseline, plan.common, params, f"search {key}", extra)
+
+
+# --------------------------------------------------------------------------------------------
+# the command
+# --------------------------------------------------------------------------------------------
+
+
+def objective(plan: Plan) -> tuple[str, str]:
+    """(metric, direction): val loss, unless a searched key changes its unit; then PSNR (as the journal)."""
+    if any(key.startswith(LOSS_UNIT) for key in plan.search):
+        return "val_psnr", "maximize"
+    return "val_loss", "minimize"
+
+
+def storage_command(plan_path: Path, url: Optional[str], worker: bool = False, search: Optional[int] = None,
+                    grace: int = 120, journal_only: bool = False) -> Path:
+    """Enqueue the plan's jobs (pairs, or `search` TPE trials) in the storage, work on them until none
+    is left, then (unless `worker`) write and print the journal."""
+    plan = load_plan(plan_path)
+    if search is not None and not plan.search:
+        raise VaelabError(f"{plan_path}: --search needs ranges in the plan: a 'search:' section with one "
+                          "dotted key per line, e.g. 'train.lr: loguniform(1e-5, 1e-3)'")
+    plan.folder.mkdir(parents=True, exist_ok=True)
+    storage = Storage(url or f"sqlite:///{plan.folder / 'optuna.db'}", grace)
+    metric, direction = objective(plan) if search else ("val_loss", "minimize")
+    problems: list[str] = []
+    if search is None:
+        study = storage.study(plan.name, "minimize")
+        jobs = [Job(p.key, p.config) for p in plan.pairs]
+        if not journal_only:
+            for job in jobs:
+                write_text(config_path(plan, job), job.config.to_yaml())
+            added = enqueue_pairs(storage, study, jobs)
+            say(f"sweep {plan.name}: {len(jobs)} pairs in {storage.shown} ({added} newly enqueued); "
+                f"run folders in {plan.folder}")
+            accept = job_of(plan, study)
+            problems = work(plan, storage, study, metric, pair_taker(storage, study, accept), accept)
+    else:
+        from optuna.samplers import TPESampler
+
+        study = storage.study(f"{plan.name}/search", direction, TPESampler(seed=plan.seeds[0]))
+        if not journal_only:
+            say(f"search {plan.name}: {search} trials of {', '.join(f'{k}: {r.text()}' for k, r in plan.search.items())}"
+                f", {direction} {metric}, in {storage.shown}")
+            accept = job_of(plan, study)
+            problems = work(plan, storage, study, metric, search_taker(plan, storage, study, search, accept), accept)
+    if not worker:
+        summary = search_summary(plan, storage) if plan.search else None
+        journal = build_journal(plan.name, plan.folder, journal_groups(plan), search=summary)
+        if not any(row["runs"] for row in journal["rows"]) and not (summary and summary["trials"]):
+            raise VaelabError(f"{plan.folder}: no finished runs of this plan yet; run `vaelab sweep {plan_path}` first")
+        write_journal(journal, plan.folder)
+        print_journal(journal)
+    if problems:
+        raise VaelabError(f"{storage.shown}: {len(problems)} job(s) failed: {'; '.join(problems)}; fix the cause "
+                          f"and run `vaelab sweep {plan_path} --storage URL` again to retry them")
+    return plan.folder
+
+
+def pair_taker(storage: Storage, study, accept):
+    def take() -> Optional[Job]:
+        claimed = claim_waiting(storage, study, accept)
+        if claimed is None:
+            return None
+        trial, job = claimed
+        return Job(job.key, job.config, trial.number, trial._trial_id)
+
+    return take
+
+
+def search_taker(plan: Plan, storage: Storage, study, count: int, accept):
+    """Given-back and retried trials first (same params), then new TPE trials until the search has
+    `count` jobs (a job keeps its key, search-<first trial>, through retries)."""
+    from optuna import Trial
+    from optuna.samplers import TPESampler
+
+    def take() -> Optional[Job]:
+        claimed = claim_waiting(storage, study, accept)
+        if claimed is not None:
+            frozen, key = claimed
+            trial = Trial(study, frozen._trial_id)
+        else:
+            trials = study.get_trials(deepcopy=False)
+            if len({accept(t) for t in trials} - {None}) >= count:
+                return None
+            # Seeded by the trial count, not once per process: workers started alike draw different configs.
+            study.sampler = TPESampler(seed=plan.seeds[0] * 1_000_003 + len(trials))
+            trial = study.ask()
+            storage.rdb.record_heartbeat(trial._trial_id)
+            key = f"search-{trial.number}"
+            trial.set_user_attr("job", key)
+        params = {k: r.suggest(trial, k) for k, r in plan.search.items()}
+        try:
+            config = search_config(plan, key, params)
+        except VaelabError as error:  # a sampled combination the config refuses: a failed trial, not a stop
+            trial.set_user_attr("error", str(error)[:500])
+            study.tell(trial, state=states().FAIL)
+            say(f"{key} (trial {trial.number}): failed, {error}")
+            return take()
+        return Job(key, config, trial.number, trial._trial_id)
+
+    return take
+
+
+def search_summary(plan: Plan, storage: Storage) -> Optional[dict]:
+    """The search's trials for the journal, best first; None when the storage has no search."""
+    import optuna
+
+    metric, direction = objective(plan)
+    try:
+        study = optuna.load_study(study_name=f"{plan.name}/search", storage=storage.rdb)
+    except KeyError:
+        return None
+    trials = study.get_trials(deepcopy=False)
+    done = sorted((t for t in trials if t.state.name == "COMPLETE"),
+                  key=lambda t: t.value if direction == "minimize" else -t.value)
+    rows = [{"number": t.number, "value": t.value, "params": dict(t.params), "run": t.user_attrs.get("run")}
+            for t in done]
+    counts = {s: sum(1 for t in trials if t.state.name == s) for s in ("COMPLETE", "RUNNING", "WAITING", "FAIL", "PRUNED")}
+    return {"metric": metric, "direction": direction, "ranges": {k: r.text() for k, r in plan.search.items()},
+            "trials": rows, "counts": {k.lower(): v for k, v in counts.items() if v}}
