@@ -145,3 +145,40 @@ def test_an_epoch_without_a_validation_split_has_null_val_metrics(config_path):
     for key in ("val_loss", "val_recon", "val_kl", "val_mse", "val_psnr", "val_active_units", "val_kl_per_dim"):
         assert key in record and record[key] is None, key
     json.dumps(record, allow_nan=False)  # the record is plain JSON
+
+
+def tiny_trainer(*overrides):
+    from vaelab.data.loader import Batch
+
+    config = load_config(None, ["data.size=[16, 16]", "model.conv=[{filters: 8, kernel: 3, stride: 2}]",
+                                "model.dense=16", "model.latent=4", *overrides])
+    torch.manual_seed(0)
+    trainer = Trainer(config, build_model(config.model, (16, 16)), torch.device("cpu"))
+    pixels = torch.randint(0, 256, (4, 16, 16, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    batch = Batch(pixels, torch.tensor([[0, 0, 16, 16]] * 4), torch.arange(4))
+    return trainer, batch
+
+
+def three_steps(trainer, batch) -> list[float]:
+    losses = []
+    for _ in range(3):
+        torch.manual_seed(5)  # the same z noise on both sides
+        assert trainer.train_step(batch) is None
+        losses.append(trainer.sums["loss"])
+    return losses
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # from inside torch.compile
+def test_channels_last_and_compile_train_like_the_plain_step(monkeypatch):
+    import torch._inductor.config
+
+    # Compiled code draws z with its own generator unless told to use eager's, as here.
+    monkeypatch.setattr(torch._inductor.config, "fallback_random", True)
+    plain, batch = tiny_trainer()
+    fast, _ = tiny_trainer("train.channels_last=true", "train.compile=true")
+    assert fast.channels_last and not plain.channels_last  # auto = off on the CPU
+    assert fast.model.decoder[-1].weight.is_contiguous(memory_format=torch.channels_last)
+    assert three_steps(fast, batch) == pytest.approx(three_steps(plain, batch), rel=1e-4)
+    # checkpoints hold the plain module's names, loadable without compile
+    assert not any(key.startswith("_orig_mod") for key in fast.state_dict()["model"])
+    plain.model.load_state_dict(fast.state_dict()["model"])

@@ -76,6 +76,9 @@ class DataConfig(Section):
     cache: bool = Field(True, description="keep fitted uint8 images in a memory-mapped file")
     cache_dir: Optional[Path] = Field(None, description="null = $VAELAB_CACHE_DIR or ~/.cache/vaelab")
     demo_count: int = Field(2000, ge=1, description="size of the built-in figure set when images is null")
+    prefetch: int = Field(
+        2, ge=0, description="batches gathered from the cache ahead of the training step, in a background thread; 0 = none"
+    )
 
     @field_validator("size")
     @classmethod
@@ -163,6 +166,12 @@ class TrainConfig(Section):
     amp: Literal["auto", "off", "bf16", "fp16"] = Field(
         "auto", description="mixed precision on GPU; auto = bf16 where the GPU has it; always off on CPU"
     )
+    channels_last: Union[Literal["auto"], bool] = Field(
+        "auto", description="NHWC memory format for model and images; auto = true on CUDA (tensor cores), false on CPU"
+    )
+    compile: bool = Field(
+        False, description="torch.compile the training forward pass; pays a compile delay at start, worth it for long GPU runs"
+    )
     val_batches: Optional[int] = Field(None, ge=1, description="cap on validation batches per epoch; null = all")
     spike_factor: float = Field(
         20.0, ge=0.0, description="guard: a loss or gradient norm this many mean deviations above its running mean is a spike; 0 = only non-finite values"
@@ -200,7 +209,6 @@ class RunConfig(Section):
         if not rest or rest.startswith("/") or rest == ":memory:":
             return uri
         return "sqlite:///" + os.path.abspath(os.path.expanduser(rest))
-
 
 
 class Config(Section):

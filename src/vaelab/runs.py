@@ -34,6 +34,7 @@ from typing import Optional, Sequence, Union
 import numpy as np
 import torch
 
+from vaelab import distributed
 from vaelab.checkpoints import LAST, LAST_EPOCH, CheckpointFolder, LowDisk, load_state
 from vaelab.config import Config, load_config
 from vaelab.data.collection import describe_skips, load_collection
@@ -51,7 +52,8 @@ from vaelab.train import StopTraining, Trainer, isolated, select_device
 STAMP = "%Y-%m-%d_%Hh%Mm%Ss"
 NOT_RESUMABLE = ("finished", "diverged")  # auto-resume would only repeat them
 # Keys a resume may change: they decide how long and where, not what is computed.
-RESUME_MAY_CHANGE = ("train.epochs", "train.device", "train.amp", "data.workers", "data.cache", "data.cache_dir", "run.")
+RESUME_MAY_CHANGE = ("train.epochs", "train.device", "train.amp", "train.channels_last", "train.compile",
+                     "data.workers", "data.prefetch", "data.cache", "data.cache_dir", "run.")
 
 
 # --------------------------------------------------------------------------------------------
@@ -67,22 +69,39 @@ def train_run(config: Optional[Config] = None, resume: Union[Path, str, None] = 
     then be None, or differ only in RESUME_MAY_CHANGE keys, e.g. more epochs); "auto" = continue
     the newest unfinished run under run.root with the same config, else start a new one.
     progress: the live progress bar; None = when stderr is a terminal.
+    Under torchrun every process calls this: rank 0 opens and records the run, the others train
+    in step with it and write nothing (see `vaelab.distributed`).
     """
-    if config is not None:  # a config that cannot train is refused before it gets a run folder
-        check_scaling(config.loss, config.data.scale, config.model.output_activation)
-        check_strides(config.model, *config.data.size)
-        require_mlflow(config.run)
-    run_dir, config, fresh = open_run(config, resume)
-    lock = lock_run(run_dir)
+    world = distributed.init()
     try:
-        write_text(run_dir / "config.yaml", config.to_yaml())  # a resume may have added epochs
-        print(f"run folder: {run_dir}", flush=True)
-        train_in(run_dir, config, fresh, progress)
+        if config is not None:  # a config that cannot train is refused before it gets a run folder
+            check_scaling(config.loss, config.data.scale, config.model.output_activation)
+            check_strides(config.model, *config.data.size)
+            require_mlflow(config.run)
+            check_batch_split(config, world)
+        run_dir, config, fresh = distributed.share(lambda: open_run(config, resume))
+        if not world.main:
+            follow_in(config)
+            return run_dir
+        lock = lock_run(run_dir)
+        try:
+            write_text(run_dir / "config.yaml", config.to_yaml())  # a resume may have added epochs
+            print(f"run folder: {run_dir}", flush=True)
+            train_in(run_dir, config, fresh, progress)
+        finally:
+            if lock:
+                lock.close()
     finally:
-        if lock:
-            lock.close()
+        distributed.teardown()
     print(f"run folder: {run_dir}", flush=True)
     return run_dir
+
+
+def check_batch_split(config: Config, world: distributed.World) -> None:
+    if config.train.batch_size % world.size:
+        raise VaelabError(f"train.batch_size: {config.train.batch_size} images do not split evenly over {world.size} "
+                          f"processes; use a multiple of {world.size} (it is the global batch, each process takes "
+                          f"batch_size / {world.size} of it)")
 
 
 def train_command(config_path: Optional[Path], overrides: Sequence[str] = (), resume: Optional[str] = None,
@@ -121,37 +140,47 @@ def open_run(config: Optional[Config], resume: Union[Path, str, None]) -> tuple[
 def train_in(run_dir: Path, config: Config, fresh: bool, progress: Optional[bool]) -> str:
     """Build data, model and trainer, restore the last state if there is one, train, record."""
     log = RunLog(run_dir / "log.txt")
-    seed_everything(config.train.seed)
-    device = select_device(config.train.device)
+    world = distributed.current()
+    seed_everything(config.train.seed)  # the same seed on every rank: see vaelab.distributed
+    device = distributed.device_for(select_device(config.train.device))
     train_loader, val_loader = make_loaders(config, device, log)
     model = build_model(config.model, config.data.size)
     trainer = Trainer(config, model, device)
+    processes = f"; {world.size} processes (data-parallel, {config.train.batch_size // world.size} images each per batch)"
     log(f"model: {count_parameters(model):,} parameters; device {device}; "
-        f"precision {str(trainer.amp).removeprefix('torch.') if trainer.amp else 'float32'}")
+        f"precision {str(trainer.amp).removeprefix('torch.') if trainer.amp else 'float32'}"
+        f"{processes if world.parallel else ''}")
     if fresh:
         write_json(run_dir / "env.json", environment(device, model, trainer))
     r = config.run
     checkpoints = CheckpointFolder(run_dir / "checkpoints", r.keep_checkpoints, r.min_free_gb)
-    state = checkpoints.load(LAST)
-    status = None
+
+    def prepare() -> tuple[Optional[dict], Optional[str]]:  # (state to resume, status if it cannot start)
+        state = checkpoints.load(LAST)
+        if state is None:
+            try:  # the state before any step: what a rollback in the first epoch returns to
+                checkpoints.save_epoch_end(trainer.state_dict(), 0, numbered=False, best=False)
+            except LowDisk as problem:
+                log(f"stopped: {problem}")
+                return None, "stopped"
+        return state, None
+
+    state, status = distributed.share(prepare)  # data-parallel: the other ranks get the same state
     if state is not None:
         trainer.load_state_dict(state)
         repair_after_kill(checkpoints, trainer, r.checkpoint_every)
         trim_metrics(run_dir / "metrics.jsonl", trainer.epoch)
         log(f"resumed at epoch {trainer.epoch + 1}, batch {trainer.batch} (step {trainer.step})")
-    else:
-        try:  # the state before any step: what a rollback in the first epoch returns to
-            checkpoints.save_epoch_end(trainer.state_dict(), 0, numbered=False, best=False)
-        except LowDisk as problem:
-            log(f"stopped: {problem}")
-            status = "stopped"
     recorder = Recorder(run_dir, config, checkpoints, log, fixed_batch(val_loader or train_loader, r.images))
     recorder.tracker.open(flat(config.to_dict()))  # before the try: no mlflow on a resume leaves the run resumable
     recorder.board.open(purge_step=None if fresh else trainer.epoch + 1)
     write_status(run_dir, "running", trainer)
+    callbacks = RankCallbacks(recorder) if world.parallel else recorder
     try:
         with stop_on_signals(trainer, log):
-            status = status or trainer.fit(train_loader, val_loader, recorder, progress)
+            status = status or trainer.fit(train_loader, val_loader, callbacks, progress)
+            if world.parallel and callbacks.problem is not None:
+                status = "stopped"
     except BaseException:
         write_status(run_dir, "failed", trainer)
         raise
@@ -166,19 +195,40 @@ def train_in(run_dir: Path, config: Config, fresh: bool, progress: Optional[bool
     return status
 
 
+def follow_in(config: Config) -> str:
+    """A rank other than 0 of a data-parallel run: the same data, model and steps as rank 0
+    (in the same order of collectives as `train_in`), without any file or printed output."""
+    quiet = lambda message: None  # noqa: E731 - rank 0 logs for the run
+    seed_everything(config.train.seed)
+    device = distributed.device_for(select_device(config.train.device))
+    train_loader, _ = make_loaders(config, device, quiet)
+    trainer = Trainer(config, build_model(config.model, config.data.size), device)
+    state, status = distributed.share(None)  # rank 0's checkpoint to resume from
+    if state is not None:
+        trainer.load_state_dict(state)
+    if status:
+        return status
+    with stop_on_signals(trainer, quiet):
+        return trainer.fit(train_loader, None, RankCallbacks(None), progress=False)
+
+
 def make_loaders(config: Config, device: torch.device, log) -> tuple[ImageLoader, Optional[ImageLoader]]:
-    collection = load_collection(config.data, progress=sys.stderr.isatty())
+    world = distributed.current()
+    check_batch_split(config, world)
+    with distributed.local_main_first():  # it fills the on-disk caches the other ranks then read
+        collection = load_collection(config.data, progress=sys.stderr.isatty() and world.main)
+        images = FittedImages(collection, config.data)
     summary = describe_skips(collection.skipped)
     if summary:
         log(summary)
-    images = FittedImages(collection, config.data)
-    t, workers, pin = config.train, config.data.workers, device.type == "cuda"
+    t, workers, pin, ahead = config.train, config.data.workers, device.type == "cuda", config.data.prefetch
     train = ImageLoader(images, images.positions_of(collection.train), t.batch_size, t.seed,
-                        shuffle=True, drop_last=True, workers=workers, pin_memory=pin)
+                        shuffle=True, drop_last=True, workers=workers, pin_memory=pin, prefetch=ahead,
+                        shard=(world.rank, world.size))
     val = None
     if len(collection.val):
         val = ImageLoader(images, images.positions_of(collection.val), t.batch_size, t.seed,
-                          shuffle=False, workers=workers, pin_memory=pin)
+                          shuffle=False, workers=workers, pin_memory=pin, prefetch=ahead)
     log(f"data: {len(collection.train)} train, {len(collection.val)} val images at "
         f"{config.data.size[0]}x{config.data.size[1]} ({config.data.fit}); {train.batches_per_epoch()} batches per epoch")
     return train, val
@@ -223,9 +273,9 @@ class Recorder:
 
     def after_step(self, trainer: Trainer) -> None:
         r = self.config.run
-        if trainer.batch >= trainer.per_epoch and not trainer.stop_requested:
+        if trainer.batch >= trainer.per_epoch and not trainer.stopping:
             return  # the epoch-end save follows at once
-        due = (trainer.stop_requested
+        due = (trainer.stopping
                or (r.checkpoint_steps and trainer.step % r.checkpoint_steps == 0)
                or (r.checkpoint_minutes and time.monotonic() - self.last_save >= 60 * r.checkpoint_minutes))
         if due:
@@ -259,6 +309,42 @@ class Recorder:
 
     def rollback_state(self) -> dict:
         return load_state(self.checkpoints.path(LAST_EPOCH))
+
+
+class RankCallbacks:
+    """The callbacks of one rank of a data-parallel run: rank 0 records through its `Recorder`,
+    the others (recorder None) only follow.
+
+    Rank 0's stop (a full disk) must not leave the others waiting in the next step's all-reduce:
+    it becomes rank 0's stop wish, which that all-reduce hands to every rank, and `problem`
+    makes the run's status 'stopped'. A rollback's state is read by rank 0 and sent to all."""
+
+    def __init__(self, recorder: Optional[Recorder]):
+        self.recorder, self.problem = recorder, None
+
+    def _call(self, trainer: Trainer, method: str, *args) -> None:
+        if self.recorder is None:
+            return
+        try:
+            getattr(self.recorder, method)(trainer, *args)
+        except StopTraining as problem:
+            if self.problem is None:
+                self.recorder.log(f"stopping at the next step: {problem}")
+            self.problem = problem
+            trainer.stop_requested = True
+
+    def after_step(self, trainer: Trainer) -> None:
+        self._call(trainer, "after_step")
+
+    def epoch_end(self, trainer: Trainer, record: dict) -> None:
+        self._call(trainer, "epoch_end", record)
+
+    def rollback_state(self) -> dict:
+        return distributed.share(self.recorder.rollback_state if self.recorder is not None else None)
+
+    def log(self, message: str) -> None:
+        if self.recorder is not None:
+            self.recorder.log(message)
 
 
 def epoch_line(record: dict, epochs: int) -> str:
@@ -325,13 +411,19 @@ def stop_on_signals(trainer: Trainer, log):
         return
 
     owner = os.getpid()
+    # Under torchrun a Ctrl-C reaches each rank twice: from the terminal and forwarded by torchrun.
+    repeat_after = 2.0 if distributed.current().parallel else 0.0
+    first = [0.0]
 
     def handler(signum, frame):
         if os.getpid() != owner:  # a forked data worker inherited this handler: the main process decides
             return
         if trainer.stop_requested:
+            if time.monotonic() - first[0] < repeat_after:
+                return
             raise KeyboardInterrupt
         trainer.stop_requested = True
+        first[0] = time.monotonic()
         log(f"{signal.Signals(signum).name}: stopping after this step once a checkpoint is written (again to abort)")
 
     previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -395,7 +487,7 @@ def resume_config(run_dir: Path, given: Optional[Config]) -> Config:
     if changed:
         shown = ", ".join(f"{k} ({old.get(k)!r} -> {new[k]!r})" for k in changed[:3])
         raise VaelabError(f"{run_dir}: resuming with a different config: {shown}; a resume may change only "
-                          "train.epochs, train.device, train.amp, data.workers, data.cache, data.cache_dir and run.*, "
+                          f"{', '.join(k + '*' if k.endswith('.') else k for k in RESUME_MAY_CHANGE)}, "
                           "so drop that setting or start a new run")
     given = given.model_copy(deep=True)
     given.run.root, given.run.name = saved.run.root, saved.run.name

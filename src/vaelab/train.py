@@ -52,6 +52,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from vaelab import distributed
 from vaelab.config import Config
 from vaelab.data.grid import image_grid
 from vaelab.data.loader import Batch, ImageLoader, epoch_order
@@ -151,6 +152,16 @@ def isolated(batches: Iterator[Batch]) -> Iterator[Batch]:
         yield batch
 
 
+def batch_rows(loader: ImageLoader, epoch: int) -> np.ndarray:
+    """selection position -> row of the image in its global batch of `epoch` (data-parallel runs
+    draw the noise of the whole global batch and pick their rows, see `vaelab.distributed`)."""
+    plan = epoch_order(len(loader.positions), loader.batch_size, loader.seed, epoch, loader.shuffle, loader.drop_last)
+    rows = np.zeros(len(loader.images), dtype=np.int64)
+    for batch in plan:
+        rows[loader.positions[batch]] = np.arange(len(batch))
+    return rows
+
+
 def batch_index(loader: ImageLoader, epoch: int) -> np.ndarray:
     """selection position -> index of its batch in `epoch`'s order. The loader drops a batch whose
     images all failed to decode, so counting yielded batches would lose the place in the epoch."""
@@ -233,10 +244,21 @@ class Trainer:
     def __init__(self, config: Config, model: nn.Module, device: torch.device):
         check_scaling(config.loss, config.data.scale, config.model.output_activation)
         self.config, self.device = config, device
-        self.model = model.to(device)
+        wanted = config.train.channels_last
+        self.channels_last = device.type == "cuda" if wanted == "auto" else wanted
+        memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
+        self.model = model.to(device, memory_format=memory_format)
         if device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick the fastest kernels
         self.amp = amp_dtype(config.train.amp, device)
+        # The training step calls `step_model`; `model` stays the plain module, so checkpoints,
+        # evaluation and images never see a compiled wrapper's renamed state dict.
+        self.step_model = torch.compile(self.model) if config.train.compile else self.model
+        self.world = distributed.current()
+        if self.world.parallel:  # DDP around the global-batch forward; `model` stays plain (see above)
+            self.step_model = distributed.wrap(self.model, device, config.train.compile)
+        self.rows: Optional[np.ndarray] = None  # data-parallel: position -> row in its global batch
+        self.noise_rows = 0  # data-parallel: rows of noise per global batch
         self.log_sigma: Optional[nn.Parameter] = None
         if config.loss.reconstruction == "gaussian" and config.loss.sigma == "learned":
             self.log_sigma = nn.Parameter(make_log_sigma().detach().to(device))
@@ -257,6 +279,7 @@ class Trainer:
         self.time_base = 0.0  # active seconds before this process took over
         self.clock = time.monotonic()
         self.stop_requested = False  # set by a signal handler: stop after the current step
+        self.stop_agreed = False  # data-parallel: some rank's stop_requested, as of the last step's all-reduce
 
     # --- one step ------------------------------------------------------------------------
 
@@ -267,24 +290,39 @@ class Trainer:
         return kl_weight_at(self.config.loss, self.epoch + self.batch / self.per_epoch)
 
     @property
+    def stopping(self) -> bool:
+        """Stop at this point? Under data parallelism every rank must leave at the same step, so only
+        the wishes summed with the last step's losses count; a signal after that counts at the next step."""
+        return self.stop_agreed if self.world.parallel else self.stop_requested
+
+    @property
     def lr(self) -> float:
         return self.config.train.lr * self.lr_scale
 
     def train_step(self, batch: Batch) -> Optional[str]:
         """One guarded optimisation step. None when the weights were updated, else why they were not."""
-        inputs = to_model_input(batch, self.config.data.scale, self.device)
-        self.sums["images"] += len(batch)  # for images/s in `vaelab compare`, skipped steps included
+        inputs = to_model_input(batch, self.config.data.scale, self.device, self.channels_last)
         with self.autocast():
-            out = self.model(inputs.x)
-        parts = vae_loss(out, inputs.x, inputs.mask, self.config.loss, self.kl_weight(), self.log_sigma)
+            if self.world.parallel:  # this rank's rows of the global batch's noise
+                rows = torch.from_numpy(self.rows[batch.positions.numpy()]).to(self.device)
+                out = self.step_model(inputs.x, rows, self.noise_rows)
+            else:
+                out = self.step_model(inputs.x)
+        parts = vae_loss(out, inputs.x, inputs.mask, self.config.loss, self.kl_weight(), self.log_sigma,
+                         distributed.global_batch())
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(parts["loss"]).backward()
+        if self.world.parallel and self.log_sigma is not None:  # outside the DDP module: average it here
+            self.log_sigma.grad = distributed.sum_over_ranks(self.log_sigma.grad) / self.world.size
         self.scaler.unscale_(self.optimizer)  # no-op without fp16; the norm must be in true units
         grads = [p.grad for p in self.params if p.grad is not None]
         norm = torch.nn.utils.get_total_norm(grads)
-        # One device sync per step: the guard must see the values before the weights change.
-        loss, norm_value, recon, kl = torch.stack(
-            [parts["loss"].detach().float(), norm.float(), parts["recon"], parts["kl"]]).tolist()
+        # One device sync per step: the guard must see the values before the weights change. Under
+        # data parallelism they are summed over the ranks in the same sync, so every rank judges
+        # the global batch's loss and agrees on skips, rollbacks and when to stop.
+        (loss, norm_value, recon, kl), images, self.stop_agreed = distributed.step_totals(torch.stack(
+            [parts["loss"].detach().float(), norm.float(), parts["recon"], parts["kl"]]), len(batch), self.stop_requested)
+        self.sums["images"] += images  # for images/s in `vaelab compare`, skipped steps included
         reason = self.guard.judge(loss, norm_value)
         if reason is None:
             if self.config.train.grad_clip:
@@ -338,7 +376,7 @@ class Trainer:
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(self.config.train.seed)
             for batch in isolated(loader.batches(0, stop=self.config.train.val_batches)):
-                inputs = to_model_input(batch, scale, self.device)
+                inputs = to_model_input(batch, scale, self.device, self.channels_last)
                 with self.autocast():
                     out = self.model(inputs.x)
                 parts = vae_loss(out, inputs.x, inputs.mask, self.config.loss, beta, self.log_sigma)
@@ -399,9 +437,10 @@ class Trainer:
                     status = self._train_epoch(train, callbacks, bar)
                     if status:
                         return status
-                    record = self._end_epoch(val)
+                    # Data-parallel: validation on rank 0 only, the others wait (see vaelab.distributed).
+                    record = self._end_epoch(val if self.world.main else None)
                     callbacks.epoch_end(self, record)
-                    if self.stop_requested:
+                    if self.stopping:
                         return "interrupted"
         except StopTraining as stop:
             callbacks.log(f"stopped: {stop}")
@@ -411,6 +450,8 @@ class Trainer:
     def _train_epoch(self, train: ImageLoader, callbacks: Callbacks, bar: "ProgressBar") -> Optional[str]:
         t = self.config.train
         index = batch_index(train, self.epoch)
+        if self.world.parallel:
+            self.rows, self.noise_rows = batch_rows(train, self.epoch), min(train.batch_size, len(train.positions))
         batches = isolated(train.batches(self.epoch, start=self.batch, stop=self.per_epoch))
         while True:
             try:
@@ -424,7 +465,8 @@ class Trainer:
                 callbacks.after_step(self)
                 return "interrupted"
             reason = self.train_step(batch)
-            self.batch = int(index[int(batch.positions[0])]) + 1
+            # A data-parallel shard may be empty (all its images failed), yet it is its batch's turn.
+            self.batch = int(index[int(batch.positions[0])]) + 1 if len(batch) else self.batch + 1
             self.step += 1
             if reason is not None:
                 if self.sums["skipped"] <= SKIP_LOG_LIMIT:
@@ -437,7 +479,7 @@ class Trainer:
                     callbacks.log(self.roll_back(callbacks.rollback_state(), reason))
             bar.update(self)
             callbacks.after_step(self)
-            if self.stop_requested:
+            if self.stopping:
                 return "interrupted"
 
     def _end_epoch(self, val: Optional[ImageLoader]) -> dict:
@@ -471,7 +513,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
             "log_sigma": None if self.log_sigma is None else self.log_sigma.detach().clone(),
-            "rng": capture_rng(),
+            "rng": {**capture_rng(), "cuda_device": self.device.index or 0 if self.device.type == "cuda" else -1},
             "progress": {"epoch": self.epoch, "batch": self.batch, "step": self.step, "time_s": self.elapsed(),
                          "lr_scale": self.lr_scale, "best_loss": self.best_loss, "best_epoch": self.best_epoch},
             "guard": asdict(self.guard),
@@ -498,6 +540,11 @@ class Trainer:
         self.guard = Guard(**state["guard"])
         self.sums = dict(state["sums"])
         restore_rng(state["rng"])
+        rng = state["rng"]
+        if self.device.type == "cuda" and rng["cuda"] and 0 <= rng.get("cuda_device", -1) < len(rng["cuda"]):
+            # Each rank trains on its own GPU (cuda:LOCAL_RANK) but continues the stream of the GPU
+            # the state was saved from (rank 0's); the same holds for a run resumed on another GPU.
+            torch.cuda.set_rng_state(rng["cuda"][rng["cuda_device"]], self.device)
         self.clock = time.monotonic()
 
 

@@ -258,3 +258,39 @@ def test_reused_batch_buffers_never_overwrite_batches_still_held(photo_folder):
     del held, batch
     pointers = {b.pixels.data_ptr() for b in loader.batches(0)}  # each dropped at once: reused
     assert pointers <= {buffer.data_ptr() for buffer in loader._ring} and len(pointers) <= 2
+
+
+def test_prefetched_batches_equal_direct_ones_and_the_thread_stops(photo_folder):
+    import threading
+
+    data = config_for(photo_folder).data
+    collection = load_collection(data)
+    images = FittedImages(collection, data)
+    positions = images.positions_of(collection.train)
+    direct = ImageLoader(images, positions, batch_size=3, workers=0)
+    all_batches(direct)  # fill the cache: only cache reads are prefetched
+    images.cache.wait()
+    ahead = ImageLoader(images, positions, batch_size=3, workers=0, prefetch=2)
+    for epoch in (1, 2):
+        want = [(b.positions.clone(), b.pixels.clone()) for b in direct.batches(epoch)]
+        got = [(b.positions.clone(), b.pixels.clone()) for b in ahead.batches(epoch)]
+        assert len(got) == len(want) == 4
+        assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(got, want))
+    batches = ahead.batches(3)
+    next(batches)
+    batches.close()  # a consumer that stops early must not leave the producer running
+    assert not any(t.name == "vaelab-prefetch" for t in threading.enumerate())
+
+
+def test_prefetch_hands_a_producer_error_to_the_consumer():
+    from vaelab.data.loader import prefetched
+
+    def broken():
+        yield 1
+        raise OSError("disk gone")
+
+    got = []
+    with pytest.raises(OSError, match="disk gone"):
+        for item in prefetched(broken(), depth=2):
+            got.append(item)
+    assert got == [1]

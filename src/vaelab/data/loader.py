@@ -7,7 +7,9 @@ turns them into floats on the training device: four times less to copy and pin.
 
 from __future__ import annotations
 
+import queue
 import sys
+import threading
 import warnings
 from dataclasses import dataclass, field
 from typing import Iterator, Optional
@@ -120,6 +122,11 @@ class ImageLoader:
     drop_last: bool = False
     workers: int = 0
     pin_memory: bool = False
+    prefetch: int = 0  # cache batches gathered ahead in a thread (see `prefetched`)
+    # Data-parallel training: (rank, world size). Each batch of the epoch's order is the global
+    # batch; this process gets its contiguous slice of it and a batch for every global batch, even
+    # an empty one, so that all processes step together (see `vaelab.distributed`).
+    shard: tuple[int, int] = (0, 1)
     skipped: dict[int, Skip] = field(default_factory=dict)
     _ring: list[torch.Tensor] = field(default_factory=list, repr=False)
 
@@ -130,10 +137,13 @@ class ImageLoader:
         """Batches `start`..`stop` of `epoch`, in the epoch's order."""
         plan = [self.positions[b] for b in epoch_order(
             len(self.positions), self.batch_size, self.seed, epoch, self.shuffle, self.drop_last)][start:stop]
+        rank, world = self.shard
+        if world > 1:
+            plan = [np.array_split(batch, world)[rank] for batch in plan]
         if not plan:
             return
         if self.images.cache_ready():
-            yield from self._from_cache(plan)
+            yield from prefetched(self._from_cache(plan), self.prefetch)
         else:
             yield from self._decoding(plan)
             self.images.cache_ready()
@@ -145,7 +155,7 @@ class ImageLoader:
             for position in positions[rows[:, 0] == FAILED]:
                 self._skip(int(position), "could not be decoded when the cache was built")
             usable = rows[:, 0] == FILLED
-            if usable.any():
+            if usable.any() or self.shard[1] > 1:
                 yield self._gather(positions[usable], torch.from_numpy(rows[usable, 2:6].copy()))
 
     def _gather(self, positions: np.ndarray, boxes: torch.Tensor) -> Batch:
@@ -165,7 +175,7 @@ class ImageLoader:
             if sys.getrefcount(buffer) == 3 and buffer.shape == shape:
                 return buffer
         buffer = torch.empty(shape, dtype=torch.uint8, pin_memory=self.pin_memory)
-        if count == self.batch_size and len(self._ring) < 4:
+        if count == -(-self.batch_size // self.shard[1]) and len(self._ring) < 4:  # a full (shard of a) batch
             self._ring.append(buffer)
         return buffer
 
@@ -185,8 +195,59 @@ class ImageLoader:
                 batch = self._gather(batch.positions.numpy(), batch.boxes)
             if len(batch):
                 yield batch
+            elif self.shard[1] > 1:  # keep in step with the other processes
+                yield Batch(torch.empty((0, *self.images.data.size, 3), dtype=torch.uint8), batch.boxes, batch.positions)
 
     def _skip(self, position: int, reason: str) -> None:
         if position not in self.skipped:
             path = self.images.metadata.path(self.images.selected[position])
             self.skipped[position] = Skip(path, reason)
+
+
+def prefetched(items: Iterator, depth: int) -> Iterator:
+    """`items`, produced up to `depth` ahead by a background thread.
+
+    The cache gather is a memory copy that the GIL-free wait on the device (each step syncs once)
+    leaves room for, so on a GPU the next batch is ready when the step ends. Only for sources that
+    draw no random numbers: a thread's draws would land at unpredictable points of the global RNG
+    stream and break exact resume (the decoding DataLoader draws a seed, so it is never wrapped).
+    Closing the consumer early stops the producer.
+    """
+    if depth <= 0:
+        yield from items
+        return
+    ready: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    end = object()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                ready.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put(item):
+                    return
+            put(end)
+        except BaseException as error:  # handed to the consumer, which raises it in its own thread
+            put(error)
+
+    thread = threading.Thread(target=produce, name="vaelab-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = ready.get()
+            if item is end:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join()

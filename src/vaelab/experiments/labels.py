@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 # data is cached, how many workers decode it, the planned length (a resume may extend it and
 # the trajectory does not depend on it), and the seed, which instead makes runs replicates.
 IGNORED_PREFIXES = ("run.",)
-IGNORED_KEYS = frozenset({"train.seed", "train.epochs", "data.cache_dir", "data.workers", "data.cache"})
+IGNORED_KEYS = frozenset({"train.seed", "train.epochs", "data.cache_dir", "data.workers", "data.prefetch", "data.cache"})
 # Resolved configs hold absolute paths; the same data set checked out in two places must not
 # count as a difference, so these are compared (and shown) by their last two path parts.
 PATH_KEYS = frozenset({"data.images", "data.metadata"})
