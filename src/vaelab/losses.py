@@ -25,12 +25,21 @@ is log(0).
 
 `vae_loss` returns scalar tensors. Only "loss" carries the autograd graph; the rest are
 detached, so that logging them cannot keep graphs (and memory) alive across steps.
+
+Data-parallel training (`vaelab.distributed`) splits each global batch over several processes.
+Given their `GlobalBatch`, `vae_loss` returns this process's *share* of the global-batch loss:
+its per-image sums times size / (images in the global batch), so the shares summed over the
+processes and divided by their number are the global values, and DDP's gradient average is the
+full-batch gradient. The two statistics that are not sums over images are first summed over
+the processes, so they are the global batch's too: the MSE that sets the optimal sigma
+(sigma-VAE), and each latent dimension's batch-mean KL that free bits clamps (the clamp then
+lets a dimension's gradient through exactly where the global mean is at or above `free_bits`).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Optional, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -43,6 +52,16 @@ from vaelab.model import VAEOutput
 HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
 
+class GlobalBatch(Protocol):
+    """The processes that share one global batch under data-parallel training."""
+
+    size: int
+
+    def sum(self, values: Tensor) -> Tensor:
+        """The elementwise sum of `values` over the processes (no gradient)."""
+        ...
+
+
 def vae_loss(
     out: VAEOutput,
     target: Tensor,
@@ -50,6 +69,7 @@ def vae_loss(
     config: LossConfig,
     kl_weight: float,
     log_sigma: Optional[Tensor] = None,
+    group: Optional[GlobalBatch] = None,
 ) -> dict[str, Tensor]:
     """Loss and its parts for one batch.
 
@@ -57,14 +77,26 @@ def vae_loss(
     0 = padding; None = every pixel is real. log_sigma: the trainer's `make_log_sigma()`
     parameter, required when config.sigma is 'learned'.
     Returns "loss", "recon", "kl" (raw), "kl_term" (after free bits), "mse" (per real pixel
-    and channel) and, for `gaussian`, "sigma".
+    and channel) and, for `gaussian`, "sigma". group: under data-parallel training, the
+    processes sharing the global batch; then loss, recon, kl and kl_term are this process's
+    shares and mse and sigma are the global batch's (see the module doc).
     """
     # Losses in float32 even under autocast: sums over 400k pixels lose too much in half.
     recon, logits, target = out.recon.float(), out.logits.float(), target.float()
     real = torch.ones_like(target[:, :1], dtype=torch.bool) if mask is None else mask > 0.5
     n_real = real.sum().clamp(min=1)  # real pixels in the whole batch
     sq_err = (recon - target) ** 2
-    mse = masked_sum(sq_err, real).sum() / (n_real * target.shape[1])
+    kl_sums = None
+    if group is None:
+        mse = masked_sum(sq_err, real).sum() / (n_real * target.shape[1])
+    else:
+        kl_sums = kl_divergence(out.mu.float(), out.logvar.float()).sum(0)  # (latent,), this shard's sum
+        local = torch.cat([torch.stack([masked_sum(sq_err, real).sum(), real.sum().float(),
+                                        torch.tensor(float(len(target)), device=target.device)]), kl_sums])
+        totals = group.sum(local.detach())
+        mse = totals[0] / (totals[1].clamp(min=1) * target.shape[1])
+        share = group.size / totals[2]  # this shard's weight in the global-batch mean
+        kl_means = totals[3:] / totals[2]  # each dimension's KL, mean over the global batch
 
     parts: dict[str, Tensor] = {}
     kind = config.reconstruction
@@ -82,13 +114,19 @@ def vae_loss(
         parts["sigma"] = torch.exp(log_s).detach()
     else:  # the config's Literal makes this unreachable from YAML
         raise VaelabError(f"loss.reconstruction: unknown {kind!r}; use mse_sum, bce, gaussian or l1")
-    recon_term = per_sample.mean()
-
-    kl_per_dim = kl_divergence(out.mu.float(), out.logvar.float()).mean(0)  # (latent,), batch mean
-    kl = kl_per_dim.sum()
-    # Free bits: a dimension already under `free_bits` nats is not pushed further down,
-    # which keeps the KL term from collapsing every latent dimension early in training.
-    kl_term = torch.clamp(kl_per_dim, min=config.free_bits).sum()
+    if kl_sums is None:
+        recon_term = per_sample.mean()
+        kl_per_dim = kl_divergence(out.mu.float(), out.logvar.float()).mean(0)  # (latent,), batch mean
+        kl = kl_per_dim.sum()
+        # Free bits: a dimension already under `free_bits` nats is not pushed further down,
+        # which keeps the KL term from collapsing every latent dimension early in training.
+        kl_term = torch.clamp(kl_per_dim, min=config.free_bits).sum()
+    else:  # this process's shares; summed over processes / size they are the lines above on the global batch
+        recon_term = per_sample.sum() * share
+        kl_shares = kl_sums * share
+        kl = kl_shares.sum()
+        floor = torch.full_like(kl_shares, config.free_bits)  # each share of the clamp floor
+        kl_term = torch.where(kl_means >= config.free_bits, kl_shares, floor).sum()
 
     loss = recon_term + kl_weight * kl_term
     return {
