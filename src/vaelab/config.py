@@ -181,6 +181,12 @@ class TrainConfig(Section):
     rollback_lr_factor: float = Field(0.5, gt=0.0, le=1.0, description="guard: lr multiplier at each rollback")
     max_rollbacks: int = Field(8, ge=0, description="guard: stop the run after this many rollbacks")
 
+    @field_validator("amp", mode="before")
+    @classmethod
+    def _yaml_off(cls, value):
+        # YAML 1.1 reads a bare `off` as false
+        return "off" if value is False else value
+
 
 class RunConfig(Section):
     root: Path = Path("runs")
