@@ -182,3 +182,18 @@ def test_channels_last_and_compile_train_like_the_plain_step(monkeypatch):
     # checkpoints hold the plain module's names, loadable without compile
     assert not any(key.startswith("_orig_mod") for key in fast.state_dict()["model"])
     plain.model.load_state_dict(fast.state_dict()["model"])
+
+
+def test_cosine_schedule_runs_from_lr_to_a_hundredth_and_follows_the_position():
+    trainer, batch = tiny_trainer("train.lr_schedule=cosine", "train.epochs=4", "train.lr=0.01")
+    trainer.per_epoch = 10
+    assert trainer.lr == pytest.approx(0.01)
+    trainer.epoch, trainer.batch = 2, 0  # half way
+    assert trainer.lr == pytest.approx(0.01 * (0.01 + 0.99 * 0.5))
+    trainer.epoch = 4
+    assert trainer.lr == pytest.approx(0.0001)
+    trainer.epoch, trainer.batch = 1, 5
+    assert trainer.train_step(batch) is None
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(trainer.lr)  # applied with the step
+    trainer.lr_scale = 0.5  # a rollback halves whatever the schedule gives
+    assert trainer.lr == pytest.approx(0.5 * 0.01 * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * 1.5 / 4))))

@@ -158,6 +158,9 @@ class TrainConfig(Section):
     batches_per_epoch: Optional[int] = Field(None, ge=1, description="cap on batches per epoch; null = the whole train split")
     batch_size: int = Field(32, ge=1)
     lr: float = Field(1e-3, gt=0.0)
+    lr_schedule: Literal["constant", "cosine"] = Field(
+        "constant", description="cosine: from lr down to lr/100 over train.epochs, a function of the step alone"
+    )
     optimizer: Literal["adam", "adamw"] = "adam"
     weight_decay: float = Field(0.0, ge=0.0)
     grad_clip: Optional[float] = Field(None, gt=0.0, description="max gradient norm; null = no clipping")

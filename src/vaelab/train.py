@@ -63,6 +63,7 @@ from vaelab.metrics import LatentStats
 
 STATE_FORMAT = "vaelab-train-state"
 STATE_VERSION = 1
+COSINE_FLOOR = 0.01  # train.lr_schedule cosine ends at lr / 100
 SKIP_LOG_LIMIT = 20  # skipped steps logged one by one per epoch; the rest are only counted
 
 
@@ -297,7 +298,14 @@ class Trainer:
 
     @property
     def lr(self) -> float:
-        return self.config.train.lr * self.lr_scale
+        """The configured lr, lowered by rollbacks, times the schedule at this point of the run. The
+        schedule depends on the position alone, so resuming restores it with the epoch and batch."""
+        t = self.config.train
+        factor = 1.0
+        if t.lr_schedule == "cosine":
+            done = min(1.0, (self.epoch + self.batch / self.per_epoch) / t.epochs)
+            factor = COSINE_FLOOR + (1 - COSINE_FLOOR) * 0.5 * (1 + math.cos(math.pi * done))
+        return t.lr * self.lr_scale * factor
 
     def train_step(self, batch: Batch) -> Optional[str]:
         """One guarded optimisation step. None when the weights were updated, else why they were not."""
@@ -325,6 +333,8 @@ class Trainer:
         self.sums["images"] += images  # for images/s in `vaelab compare`, skipped steps included
         reason = self.guard.judge(loss, norm_value)
         if reason is None:
+            if self.config.train.lr_schedule != "constant":
+                self.set_lr()
             if self.config.train.grad_clip:
                 torch.nn.utils.clip_grads_with_norm_(self.params, self.config.train.grad_clip, norm)
             self.scaler.step(self.optimizer)
