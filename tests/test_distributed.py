@@ -24,10 +24,11 @@ import torch
 
 from test_runs import UNTIMED, make_images, metrics, only_run, weights
 from vaelab.config import load_config
-from vaelab.distributed import GlobalBatchForward
+from vaelab.distributed import GlobalBatchForward, World
+from vaelab.errors import VaelabError
 from vaelab.losses import vae_loss
 from vaelab.model import build_model
-from vaelab.runs import train_command, train_run
+from vaelab.runs import check_batch_split, train_command, train_run
 
 RTOL = 1e-5
 
@@ -132,12 +133,10 @@ def test_ddp_resume_after_sigterm_is_exact(tmp_path, two_processes):
 
 
 def test_batch_that_does_not_split_is_refused(tmp_path):
-    images = make_images(tmp_path / "images", count=12)
-    config = write_config(tmp_path, images, tmp_path / "runs")
-    done = launch(config, "--set", "train.batch_size=5", cache=tmp_path / "cache")
-    assert done.returncode == 2
-    assert done.stderr.count("error: train.batch_size: 5 images do not split evenly over 2 processes") == 1, done.stderr
-    assert not (tmp_path / "runs").exists()
+    config = load_config(None, ["train.batch_size=5", f"run.root={tmp_path / 'runs'}"])
+    with pytest.raises(VaelabError, match="train.batch_size: 5 images do not split evenly over 2 processes"):
+        check_batch_split(config, World(rank=0, size=2, local_rank=0, local_size=2))
+    check_batch_split(config, World())  # one process takes any batch size
 
 
 # --------------------------------------------------------------------------------------------

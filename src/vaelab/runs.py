@@ -113,6 +113,8 @@ def train_command(config_path: Optional[Path], overrides: Sequence[str] = (), re
     """
     if resume is not None and resume != "auto":
         run_dir = Path(resume)
+        if not distributed.env_world().main:  # rank 0 reads the run's config and sends it: the run
+            return train_run(None, resume=run_dir, progress=progress)  # folder may be on its disk only
         base = config_path if config_path is not None else run_dir / "config.yaml"
         config = load_config(base, overrides) if (config_path is not None or overrides) else None
         if config is None and not base.is_file():
