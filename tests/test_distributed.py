@@ -2,9 +2,11 @@
 
 The 2-process runs start through `vaelab train --devices 2` (torchrun's launcher) in a
 subprocess, on the tiny 16 px images of test_runs. Tolerance: the per-epoch train and val loss
-curves of 1 and 2 processes agree to rtol 1e-5. Both see the same global batches and the same
+curves of 1 and 2 processes agree to 1e-5 relative (of each value, or of the curve's largest
+value where a gaussian NLL passes through 0). Both see the same global batches and the same
 noise; what differs is only the float summation order (two half-batch sums and a gradient
-all-reduce instead of one sum), measured at about 2e-8 relative after 6 epochs here.
+all-reduce instead of one sum): measured at most 6e-7 relative over these 6 epochs (train
+loss; val_mse and val_psnr identical).
 """
 
 from __future__ import annotations
@@ -83,7 +85,8 @@ def test_two_processes_match_one(tmp_path, two_processes):
 
     assert len(metrics(ddp_dir)) == 6
     for key in ("train_loss", "train_recon", "train_kl", "val_loss", "val_mse"):
-        np.testing.assert_allclose(curve(ddp_dir, key), curve(single_dir, key), rtol=RTOL, err_msg=key)
+        ours, theirs = curve(ddp_dir, key), curve(single_dir, key)
+        np.testing.assert_allclose(ours, theirs, rtol=RTOL, atol=RTOL * np.abs(theirs).max(), err_msg=key)
     assert [r["train_images"] for r in metrics(ddp_dir)] == [r["train_images"] for r in metrics(single_dir)]
     # Only rank 0 printed: each epoch line and the run folder once.
     assert done.stderr.count("epoch 1/6  train loss") == 1, done.stderr
