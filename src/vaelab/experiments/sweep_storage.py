@@ -183,19 +183,25 @@ class Storage:
             kwargs = {"connect_args": {"timeout": 60}}  # writers wait for each other, not fail 'database is locked'
         elif self.backend == "postgresql":
             kwargs = {"connect_args": {"connect_timeout": 10}, "pool_pre_ping": True}
+            if parsed.drivername == "postgresql":  # SQLAlchemy 2.1 would pick psycopg 3; the postgres extra has psycopg2
+                parsed = parsed.set(drivername="postgresql+psycopg2")
+                url = parsed.render_as_string(hide_password=False)
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         # Optuna marks the heartbeat and fail_stale_trials experimental; the user cannot act on that.
         warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
         self.interval = max(1, grace // 4)
         try:
-            if True:
+            # Optuna creates its tables on first use; workers starting at once on a new database collide.
+            with self.locked("vaelab-sweep-init", lambda: sqlalchemy.create_engine(
+                    url, poolclass=sqlalchemy.pool.NullPool, **kwargs)):
                 self.rdb = optuna.storages.RDBStorage(
                     url, engine_kwargs=kwargs, heartbeat_interval=self.interval, grace_period=grace,
                     heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY))
         except (ImportError, sqlalchemy.exc.NoSuchModuleError):
-            driver = {"postgresql": "psycopg2: pip install 'vaelab[postgres]'",
-                      "mysql": "a MySQL driver, e.g. pip install pymysql"}.get(self.backend, f"a {self.backend} driver")
-            raise VaelabError(f"--storage {shown}: the database driver is not installed; install {driver}") from None
+            driver = parsed.get_driver_name()
+            package = {"psycopg2": "'vaelab[postgres]'", "psycopg": "'psycopg[binary]'", "mysqldb": "mysqlclient"}
+            raise VaelabError(f"--storage {shown}: the {self.backend} driver {driver} is not installed; "
+                              f"pip install {package.get(driver, driver)}") from None
         except sqlalchemy.exc.SQLAlchemyError as error:
             reason = " ".join(str(getattr(error, "orig", None) or error).split())[:200]
             raise VaelabError(f"--storage {shown}: cannot open the database ({reason}); check the host, port, user, "
@@ -213,8 +219,12 @@ class Storage:
                               f"and this plan's search would {direction}; rename the plan (name:) to start afresh")
         return study
 
+    def lock(self, name: str):
+        """The queue lock of one study."""
+        return self.locked(f"vaelab-sweep:{name}", lambda: self.rdb.engine)
+
     @contextmanager
-    def lock(self, name: str) -> Iterator[None]:
+    def locked(self, name: str, engine) -> Iterator[None]:
         if self.lock_file is not None:
             import fcntl  # SQLite is for one machine, so a file lock reaches every worker
 
@@ -224,8 +234,8 @@ class Storage:
         elif self.backend == "postgresql":
             from sqlalchemy import text
 
-            key = zlib.crc32(f"vaelab-sweep:{name}".encode()) - 2**31  # a bigint key per study
-            with self.rdb.engine.connect() as connection:  # the server drops the lock if this process dies
+            key = zlib.crc32(name.encode()) - 2**31  # advisory locks are keyed by a bigint
+            with engine().connect() as connection:  # the server drops the lock if this process dies
                 connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": key})
                 try:
                     yield
@@ -520,7 +530,9 @@ def search_taker(plan: Plan, storage: Storage, study, count: int, accept):
                 return None
             # Seeded by the trial count, not once per process: workers started alike draw different configs.
             study.sampler = TPESampler(seed=plan.seeds[0] * 1_000_003 + len(trials))
-            trial = study.ask()
+            with warnings.catch_warnings():  # "Heartbeat ... used with Study.optimize": we beat ourselves
+                warnings.filterwarnings("ignore", message="Heartbeat of storage")
+                trial = study.ask()
             storage.rdb.record_heartbeat(trial._trial_id)
             key = f"search-{trial.number}"
             trial.set_user_attr("job", key)
