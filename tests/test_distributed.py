@@ -33,6 +33,36 @@ from vaelab.model import build_model
 from vaelab.runs import check_batch_split, train_command, train_run
 
 RTOL = 1e-5
+BAD_STEPS = range(14, 19)  # NaN losses in epoch 3: 5 bad steps in a row roll back to the end of epoch 2
+
+# NaN training losses on BAD_STEPS (1-based run steps) in the processes that run it: in the
+# 2-process runs only on rank 1, so the ranks must agree to skip and roll back. Installed in
+# the training processes through a sitecustomize module (the library carries no test hooks).
+POISON = textwrap.dedent("""\
+    import os
+    import vaelab.train
+
+    def poison(setattr, bad_steps, rank):
+        real_loss, real_step = vaelab.train.vae_loss, vaelab.train.Trainer.train_step
+        now = {"step": 0}
+
+        def step(self, batch):
+            now["step"] = self.step + 1
+            return real_step(self, batch)
+
+        def loss(*args, **kwargs):
+            parts = real_loss(*args, **kwargs)
+            if now["step"] in bad_steps and rank in ("", "1") and parts["loss"].requires_grad:
+                parts["loss"] = parts["loss"] * float("nan")
+            return parts
+
+        setattr(vaelab.train.Trainer, "train_step", step)
+        setattr(vaelab.train, "vae_loss", loss)
+
+    if os.environ.get("RANK") and os.environ.get("BAD_STEPS"):
+        first, last = map(int, os.environ["BAD_STEPS"].split("-"))
+        poison(setattr, range(first, last + 1), os.environ["RANK"])
+    """)
 
 
 def write_config(folder: Path, images: Path, root: Path) -> Path:
@@ -54,8 +84,13 @@ def write_config(folder: Path, images: Path, root: Path) -> Path:
 
 
 def launch(config: Path, *args: str, cache: Path, wait: bool = True):
-    """`vaelab train --devices 2` in a subprocess: one launcher, two training processes."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", VAELAB_CACHE_DIR=str(cache))
+    """`vaelab train --devices 2` in a subprocess: one launcher, two training processes (rank 1's
+    losses NaN on BAD_STEPS)."""
+    hooks = cache.parent / "hooks"
+    hooks.mkdir(exist_ok=True)
+    (hooks / "sitecustomize.py").write_text(POISON)
+    env = dict(os.environ, OMP_NUM_THREADS="1", VAELAB_CACHE_DIR=str(cache), BAD_STEPS=f"{BAD_STEPS[0]}-{BAD_STEPS[-1]}",
+               PYTHONPATH=os.pathsep.join([str(hooks), os.environ.get("PYTHONPATH", "")]))
     command = [sys.executable, "-m", "vaelab", "train", "--devices", "2", *args]
     if config is not None:
         command[4:4] = ["-c", str(config)]
@@ -79,15 +114,22 @@ def curve(run_dir: Path, key: str) -> np.ndarray:
     return np.array([r[key] for r in metrics(run_dir)])
 
 
-def test_two_processes_match_one(tmp_path, two_processes):
+def test_two_processes_match_one(tmp_path, two_processes, monkeypatch):
     images, ddp_dir, done = two_processes
+    namespace: dict = {}
+    exec(POISON, namespace)  # the same NaN steps, here on the whole batch
+    namespace["poison"](monkeypatch.setattr, BAD_STEPS, "")
     single_dir = train_run(load_config(write_config(tmp_path, images, tmp_path / "runs")))
 
     assert len(metrics(ddp_dir)) == 6
     for key in ("train_loss", "train_recon", "train_kl", "val_loss", "val_mse"):
         ours, theirs = curve(ddp_dir, key), curve(single_dir, key)
         np.testing.assert_allclose(ours, theirs, rtol=RTOL, atol=RTOL * np.abs(theirs).max(), err_msg=key)
-    assert [r["train_images"] for r in metrics(ddp_dir)] == [r["train_images"] for r in metrics(single_dir)]
+    for key in ("train_images", "skipped_steps", "rollbacks", "lr"):
+        assert [r[key] for r in metrics(ddp_dir)] == [r[key] for r in metrics(single_dir)], key
+    # Rank 1 alone saw NaN losses; both ranks skipped the same 5 steps and rolled back together.
+    assert [r["skipped_steps"] for r in metrics(ddp_dir)] == [0, 0, 5, 0, 0, 0]
+    assert "rolled back to the weights at the end of epoch 2" in (ddp_dir / "log.txt").read_text()
     # Only rank 0 printed: each epoch line and the run folder once.
     assert done.stderr.count("epoch 1/6  train loss") == 1, done.stderr
     assert done.stdout.count("run folder:") == 2, done.stdout
