@@ -18,6 +18,12 @@ level, is not applied: the gradients are dropped and the step is counted as skip
 end of the last completed epoch, reloads its weights and optimizer, and lowers the lr by
 `train.rollback_lr_factor`; data position, RNG and step count go on forward.
 
+Data parallelism (`vaelab.distributed`, under torchrun): the step runs through DDP on this
+rank's slice of the global batch, with the global batch's noise; the loss is this rank's share
+of the global-batch loss, and the guard judges the loss and gradient norm summed over the ranks
+in the step's one sync, so every rank applies, skips, rolls back and stops at the same steps.
+Validation runs on rank 0 only. All metrics below are the global batch's.
+
 Metric conventions (the per-batch ones are defined in `vaelab.losses`):
 - train_loss/recon/kl: means over the epoch's applied steps (loss includes KL warm-up and free bits).
 - train_images: images the epoch's steps took, skipped steps included (for images/s).
