@@ -21,16 +21,23 @@ mlflow = pytest.importorskip("mlflow", reason="the mlflow extra is not installed
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 
+@pytest.fixture(scope="module")
+def database(tmp_path_factory):
+    """One SQLite tracking store for the module: creating its tables takes seconds."""
+    uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+    return uri, MlflowClient(tracking_uri=uri)
+
+
 @pytest.fixture
-def store(tmp_path):
-    """(config path, tracking uri, client) with the experiment's artifacts under tmp_path."""
+def store(tmp_path, database, request):
+    """(config path, tracking uri, client, --set overrides for this test's experiment); artifacts in tmp_path."""
+    uri, client = database
     images = make_images(tmp_path / "images", count=20)
     config = write_config(tmp_path, images, tmp_path / "runs")
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    client = MlflowClient(tracking_uri=uri)
+    experiment = request.node.name[:100]
     # Without an artifact location MLflow would write ./mlruns in the current folder.
-    client.create_experiment("vaelab-test", artifact_location=(tmp_path / "artifacts").as_uri())
-    return config, uri, client
+    client.create_experiment(experiment, artifact_location=(tmp_path / "artifacts").as_uri())
+    return config, uri, client, [f"run.mlflow_uri={uri}", f"run.mlflow_experiment={experiment}"]
 
 
 def mlflow_run_id(run_dir: Path) -> str:
@@ -38,9 +45,8 @@ def mlflow_run_id(run_dir: Path) -> str:
 
 
 def test_params_metrics_and_grids_reach_mlflow_and_a_resume_continues_the_run(store):
-    config_path, uri, client = store
-    overrides = [f"run.mlflow_uri={uri}", "run.mlflow_experiment=vaelab-test", "train.epochs=2"]
-    run_dir = train_run(load_config(config_path, overrides))
+    config_path, uri, client, overrides = store
+    run_dir = train_run(load_config(config_path, [*overrides, "train.epochs=2"]))
 
     run_id = mlflow_run_id(run_dir)
     run = client.get_run(run_id)
@@ -60,6 +66,7 @@ def test_params_metrics_and_grids_reach_mlflow_and_a_resume_continues_the_run(st
         assert files == ["epoch-0001.png", "epoch-0002.png"]
     local = Path(client.download_artifacts(run_id, "reconstructions/epoch-0002.png", str(run_dir.parent)))
     assert local.read_bytes() == (run_dir / "reconstructions" / "epoch-0002.png").read_bytes()
+    assert "config.yaml" in [f.path for f in client.list_artifacts(run_id)]
 
     # More epochs on the same run folder: the same MLflow run goes on from epoch 3.
     assert train_command(None, ["train.epochs=3"], resume=str(run_dir)) == run_dir
@@ -71,9 +78,16 @@ def test_params_metrics_and_grids_reach_mlflow_and_a_resume_continues_the_run(st
     assert len(client.search_runs([run.info.experiment_id])) == 1
     assert "mlflow: continuing run" in (run_dir / "log.txt").read_text()
 
+    # The MLflow run deleted meanwhile: the next resume logs into a new one instead of nowhere.
+    client.delete_run(run_id)
+    train_command(None, ["train.epochs=4"], resume=str(run_dir))
+    replacement = mlflow_run_id(run_dir)
+    assert replacement != run_id and client.get_run(replacement).info.status == "FINISHED"
+    assert [m.step for m in client.get_metric_history(replacement, "val_loss")] == [4]
+
 
 def test_a_tracking_failure_mid_run_does_not_stop_training(store, monkeypatch):
-    config_path, uri, client = store
+    config_path, uri, client, overrides = store
     real = MlflowClient.log_batch
 
     def server_gone(self, run_id, metrics=(), **kwargs):
@@ -82,7 +96,7 @@ def test_a_tracking_failure_mid_run_does_not_stop_training(store, monkeypatch):
         return real(self, run_id, metrics=metrics, **kwargs)
 
     monkeypatch.setattr(MlflowClient, "log_batch", server_gone)
-    run_dir = train_run(load_config(config_path, [f"run.mlflow_uri={uri}", "run.mlflow_experiment=vaelab-test"]))
+    run_dir = train_run(load_config(config_path, overrides))
 
     assert json.loads((run_dir / "run.json").read_text())["status"] == "finished"
     assert [r["epoch"] for r in metrics(run_dir)] == [1, 2, 3]

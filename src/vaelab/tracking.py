@@ -79,10 +79,13 @@ class Tracker:
         saved = read_json(self.run_dir / RECORD) or {}
         run = None
         if saved.get("tracking_uri") == self.uri and saved.get("run_id"):
-            run = client.get_run(saved["run_id"])  # raises when the store lost it: then nothing is logged
-            client.update_run(run.info.run_id, status="RUNNING")
-            self.log(f"mlflow: continuing run {run.info.run_id} in {self.uri}")
-        else:
+            run = recorded_run(client, saved["run_id"])
+            if run is None:
+                self.log(f"mlflow: run {saved['run_id']} is no longer in {self.uri}; starting another")
+            else:
+                client.update_run(run.info.run_id, status="RUNNING")
+                self.log(f"mlflow: continuing run {run.info.run_id} in {self.uri}")
+        if run is None:
             found = client.get_experiment_by_name(self.experiment)
             experiment_id = found.experiment_id if found is not None else client.create_experiment(self.experiment)
             run = client.create_run(experiment_id, run_name=self.run_dir.name,
@@ -100,6 +103,9 @@ class Tracker:
             client.log_batch(self.run_id, params=new[start: start + PARAM_BATCH])
         for key, value in changed.items():
             client.set_tag(self.run_id, key, value)
+        config = self.run_dir / "config.yaml"  # the whole config, to rerun it from MLflow
+        if config.is_file():
+            client.log_artifact(self.run_id, str(config))
 
     def epoch(self, record: dict, images: Iterable[Path] = ()) -> None:
         """The record's numeric values at step = its epoch, and the epoch's image files."""
@@ -132,6 +138,20 @@ class Tracker:
             message = " ".join(str(error).split())[:300] or type(error).__name__
             self.log(f"warning: mlflow {what} failed ({message}); no more MLflow logging in this process, "
                      "the run folder has everything and a resume reconnects")
+
+
+def recorded_run(client, run_id: str):
+    """The MLflow run of a previous attempt, or None when the store no longer has it (deleted,
+    or a new database at the same URI). Any other error (the server is down) is raised."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        run = client.get_run(run_id)
+    except MlflowException as error:
+        if error.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return None
+        raise
+    return None if run.info.lifecycle_stage == "deleted" else run
 
 
 def param_value(value: Any) -> str:
