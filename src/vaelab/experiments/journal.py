@@ -171,7 +171,7 @@ COLUMNS = ("variant", "change", "hypothesis", "seeds", "val loss (mean ± sd)", 
 def build_journal(name: str, folder: Path, groups: list[dict], search: Optional[dict] = None) -> dict:
     """groups[0] is the baseline. Each group: variant, hypothesis, changes [(key, old, new)],
     loss_comparable, pairs [{seed, epoch, status, run (finished folder or None), stopped_at}].
-    search: a hyperparameter search's trials (`sweep_storage.search_summary`), shown after the table."""
+    search: a hyperparameter search's trials (`sweep_search.search_summary`), shown after the table."""
     notes: list[str] = []
     values = [group_values(group, notes) for group in groups]
     rows = []

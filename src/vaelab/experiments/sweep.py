@@ -8,7 +8,7 @@ The plan (format in ../shared/PRODUCT.md):
     baseline: ccp-64.yaml        # relative to the plan file's folder, else to the cwd
     seeds: [0, 1, 2]
     set: {train.epochs: 8}       # overrides for every run (dotted keys; nested mappings are merged)
-    search:                      # optional ranges for --search (vaelab.experiments.sweep_storage), one per line
+    search:                      # optional ranges for --search (vaelab.experiments.sweep_search), one per line
       train.lr: loguniform(1e-5, 1e-3)
     variants:                    # optional when the plan has a search
       - name: sigmoid-output     # letters, digits, '.', '_', '-'; 'baseline' is reserved
@@ -101,7 +101,7 @@ class Plan:
     variants: list[Variant]  # the baseline first
     pairs: list[Pair]
     common: dict[str, Any] = field(default_factory=dict)  # the plan's `set:`, dotted
-    search: dict[str, Any] = field(default_factory=dict)  # dotted key -> sweep_storage.Range, for --search
+    search: dict[str, Any] = field(default_factory=dict)  # dotted key -> sweep_search.Range, for --search
 
 
 # --------------------------------------------------------------------------------------------
@@ -127,7 +127,7 @@ def load_plan(path: Path) -> Plan:
     base_config = build_config(baseline, common, {}, f"{path}: set")
     reference = experiment(base_config)
 
-    from vaelab.experiments.sweep_storage import parse_search  # imports this module
+    from vaelab.experiments.sweep_search import parse_search  # imports this module
 
     search = parse_search(raw.get("search"), baseline, common, f"{path}: search")
     entries = raw.get("variants")

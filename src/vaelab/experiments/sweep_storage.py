@@ -26,7 +26,6 @@ folder (`root:`): workers on several machines must share that folder (e.g. over 
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import signal
 import threading
@@ -38,119 +37,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
-import yaml
-
-from vaelab.config import Config, check_keys, set_dotted
+from vaelab.config import Config
 from vaelab.errors import VaelabError
 from vaelab.experiments.compare import number, read_metrics
 from vaelab.experiments.journal import build_journal, journal_groups, match_key, pair_state, print_journal, \
     scan_runs, write_journal
-from vaelab.experiments.sweep import (LOSS_UNIT, NOT_EXPERIMENTAL, RESERVED, Plan, as_override, build_config,
-                                      config_path, load_plan, say)
+from vaelab.experiments.sweep import Plan, config_path, load_plan, say
+from vaelab.experiments.sweep_search import objective, search_summary, search_taker
 from vaelab.files import write_text
 from vaelab.runs import train_run
 
-KINDS = {"uniform": "uniform(0.1, 0.9)", "loguniform": "loguniform(1e-5, 1e-3)", "int": "int(16, 128)",
-         "logint": "logint(8, 256)", "choice": "choice(lrelu, elu)"}
-USAGE = "use " + ", ".join(KINDS.values())
 MAX_RETRY = 3  # a job that takes its worker down every time (out of memory, say) is not retried for ever
 POLL_S = 1.0
-
-
-# --------------------------------------------------------------------------------------------
-# the plan's search ranges
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Range:
-    kind: str  # one of KINDS
-    values: tuple  # (low, high), or the choices
-
-    def suggest(self, trial, key: str) -> Any:
-        if self.kind == "choice":
-            return trial.suggest_categorical(key, list(self.values))
-        low, high = self.values
-        if self.kind in ("int", "logint"):
-            return trial.suggest_int(key, low, high, log=self.kind == "logint")
-        return trial.suggest_float(key, low, high, log=self.kind == "loguniform")
-
-    def text(self) -> str:
-        return f"{self.kind}({', '.join(map(str, self.values))})"
-
-
-def parse_search(raw: Any, baseline: Path, common: dict, where: str) -> dict[str, Range]:
-    """The plan's `search:` as dotted key -> Range; every bound and choice is built into a config,
-    so a value the config refuses fails here, naming its key, before any run."""
-    if raw is None:
-        return {}
-    if not isinstance(raw, dict) or not raw:
-        raise VaelabError(f"{where}: expected dotted keys with ranges, one per line, e.g. "
-                          "'train.lr: loguniform(1e-5, 1e-3)'")
-    flat: dict[str, Any] = {}
-
-    def walk(node: dict, prefix: str) -> None:  # nested mappings as in `set:`
-        for key, value in node.items():
-            walk(value, f"{prefix}{key}.") if isinstance(value, dict) else flat.__setitem__(f"{prefix}{key}", value)
-
-    walk(raw, "")
-    out = {}
-    for key, spec in flat.items():
-        nested: dict[str, Any] = {}
-        set_dotted(nested, key, None, origin=where)
-        check_keys(nested, Config, origin=where)
-        if key in RESERVED:
-            raise VaelabError(f"{where}: {key} is set by the sweep; {RESERVED[key]}")
-        if key.startswith(NOT_EXPERIMENTAL):
-            raise VaelabError(f"{where}: {key} changes how a run is executed, not what it computes; search another key")
-        out[key] = parse_range(spec, f"{where}: {key}")
-        for value in out[key].values:  # int and float bounds alike: the extremes the sampler may draw
-            build_config(baseline, common, {key: value}, f"{where}: {key}={value}")
-    return out
-
-
-def parse_range(spec: Any, where: str) -> Range:
-    head, _, rest = spec.partition("(") if isinstance(spec, str) else ("", "", "")
-    kind = head.strip().lower()
-    if not rest.rstrip().endswith(")") or not kind:
-        cut = " (a comma inside {...} ends the value: write one key per line)" if rest and ")" not in rest else ""
-        raise VaelabError(f"{where}: {spec!r} is not a range{cut}; {USAGE}")
-    if kind not in KINDS:
-        close = difflib.get_close_matches(kind, KINDS, n=1, cutoff=0.5)
-        raise VaelabError(f"{where}: unknown distribution '{kind}'" + (f"; did you mean '{close[0]}'?" if close else "")
-                          + f"; {USAGE}")
-    example = f"e.g. {KINDS[kind]}"
-    try:
-        args = yaml.safe_load(f"[{rest.rstrip()[:-1]}]")
-    except yaml.YAMLError:
-        raise VaelabError(f"{where}: cannot read the values of {spec}; {example}") from None
-    if kind == "choice":
-        if len(args) < 2 or any(a is None or isinstance(a, (list, dict)) for a in args):
-            raise VaelabError(f"{where}: choice() takes two or more single values (words or numbers), {example}")
-        if len({repr(a) for a in args}) != len(args):
-            raise VaelabError(f"{where}: {spec} lists a value twice; list each once")
-        return Range(kind, tuple(args))
-    args = [to_number(a) for a in args]  # YAML reads 1e-5 (no dot) as text
-    integral = kind in ("int", "logint")
-    if len(args) != 2 or any(a is None or (integral and not isinstance(a, int)) for a in args):
-        raise VaelabError(f"{where}: {kind}() takes two {'integers' if integral else 'numbers'}, low and high, {example}")
-    low, high = args
-    if not low < high:
-        raise VaelabError(f"{where}: {spec}: low must be below high, {example}")
-    if kind.startswith("log") and low <= 0:
-        raise VaelabError(f"{where}: {spec}: a log range needs low > 0, {example}")
-    return Range(kind, (low, high) if integral else (float(low), float(high)))
-
-
-def to_number(value: Any) -> Optional[float]:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, (int, float)):
-        return value
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return None
 
 
 # --------------------------------------------------------------------------------------------
@@ -183,9 +81,11 @@ class Storage:
             kwargs = {"connect_args": {"timeout": 60}}  # writers wait for each other, not fail 'database is locked'
         elif self.backend == "postgresql":
             kwargs = {"connect_args": {"connect_timeout": 10}, "pool_pre_ping": True}
-            if parsed.drivername == "postgresql":  # SQLAlchemy 2.1 would pick psycopg 3; the postgres extra has psycopg2
+            if parsed.drivername == "postgresql":  # SQLAlchemy 2.1 picks psycopg 3; the postgres extra has psycopg2
                 parsed = parsed.set(drivername="postgresql+psycopg2")
                 url = parsed.render_as_string(hide_password=False)
+        from optuna.storages import RetryHeartbeatStaleTrialCallback
+
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         # Optuna marks the heartbeat and fail_stale_trials experimental; the user cannot act on that.
         warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -196,7 +96,7 @@ class Storage:
                     url, poolclass=sqlalchemy.pool.NullPool, **kwargs)):
                 self.rdb = optuna.storages.RDBStorage(
                     url, engine_kwargs=kwargs, heartbeat_interval=self.interval, grace_period=grace,
-                    heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY))
+                    heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY))
         except (ImportError, sqlalchemy.exc.NoSuchModuleError):
             driver = parsed.get_driver_name()
             package = {"psycopg2": "'vaelab[postgres]'", "psycopg": "'psycopg[binary]'", "mysqldb": "mysqlclient"}
@@ -370,7 +270,8 @@ def run_job(plan: Plan, job: Job, storage: Storage, metric: str) -> tuple[str, O
     record = next((r for r in records if r["epoch"] == job.config.train.epochs), {})
     value = number(record.get(metric))
     if value is None:
-        return "FAIL", None, {**attrs, "error": f"no {metric} at epoch {job.config.train.epochs} (no validation split?)"}
+        epoch = job.config.train.epochs
+        return "FAIL", None, {**attrs, "error": f"no {metric} at epoch {epoch} (no validation split?)"}
     return "COMPLETE", value, {**attrs, "outcome": "finished"}
 
 
@@ -439,22 +340,9 @@ def job_of(plan: Plan, study):
     return lambda t: t.user_attrs.get("job") if str(t.user_attrs.get("job", "")).startswith("search-") else None
 
 
-def search_config(plan: Plan, key: str, params: dict) -> Config:
-    extra = (as_override("train.seed", plan.seeds[0]), as_override("run.root", str(plan.folder)),
-             as_override("run.name", key))
-    return build_config(plan.baseline, plan.common, params, f"search {key}", extra)
-
-
 # --------------------------------------------------------------------------------------------
 # the command
 # --------------------------------------------------------------------------------------------
-
-
-def objective(plan: Plan) -> tuple[str, str]:
-    """(metric, direction): val loss, unless a searched key changes its unit; then PSNR (as the journal)."""
-    if any(key.startswith(LOSS_UNIT) for key in plan.search):
-        return "val_psnr", "maximize"
-    return "val_loss", "minimize"
 
 
 def storage_command(plan_path: Path, url: Optional[str], worker: bool = False, search: Optional[int] = None,
@@ -485,8 +373,8 @@ def storage_command(plan_path: Path, url: Optional[str], worker: bool = False, s
 
         study = storage.study(f"{plan.name}/search", direction, TPESampler(seed=plan.seeds[0]))
         if not journal_only:
-            say(f"search {plan.name}: {search} trials of {', '.join(f'{k}: {r.text()}' for k, r in plan.search.items())}"
-                f", {direction} {metric}, in {storage.shown}")
+            ranges = ", ".join(f"{k}: {r.text()}" for k, r in plan.search.items())
+            say(f"search {plan.name}: {search} trials of {ranges}, {direction} {metric}, in {storage.shown}")
             accept = job_of(plan, study)
             problems = work(plan, storage, study, metric, search_taker(plan, storage, study, search, accept), accept)
     if not worker:
@@ -511,58 +399,3 @@ def pair_taker(storage: Storage, study, accept):
         return Job(job.key, job.config, trial.number, trial._trial_id)
 
     return take
-
-
-def search_taker(plan: Plan, storage: Storage, study, count: int, accept):
-    """Given-back and retried trials first (same params), then new TPE trials until the search has
-    `count` jobs (a job keeps its key, search-<first trial>, through retries)."""
-    from optuna import Trial
-    from optuna.samplers import TPESampler
-
-    def take() -> Optional[Job]:
-        claimed = claim_waiting(storage, study, accept)
-        if claimed is not None:
-            frozen, key = claimed
-            trial = Trial(study, frozen._trial_id)
-        else:
-            trials = study.get_trials(deepcopy=False)
-            if len({accept(t) for t in trials} - {None}) >= count:
-                return None
-            # Seeded by the trial count, not once per process: workers started alike draw different configs.
-            study.sampler = TPESampler(seed=plan.seeds[0] * 1_000_003 + len(trials))
-            with warnings.catch_warnings():  # "Heartbeat ... used with Study.optimize": we beat ourselves
-                warnings.filterwarnings("ignore", message="Heartbeat of storage")
-                trial = study.ask()
-            storage.rdb.record_heartbeat(trial._trial_id)
-            key = f"search-{trial.number}"
-            trial.set_user_attr("job", key)
-        params = {k: r.suggest(trial, k) for k, r in plan.search.items()}
-        try:
-            config = search_config(plan, key, params)
-        except VaelabError as error:  # a sampled combination the config refuses: a failed trial, not a stop
-            trial.set_user_attr("error", str(error)[:500])
-            study.tell(trial, state=states().FAIL)
-            say(f"{key} (trial {trial.number}): failed, {error}")
-            return take()
-        return Job(key, config, trial.number, trial._trial_id)
-
-    return take
-
-
-def search_summary(plan: Plan, storage: Storage) -> Optional[dict]:
-    """The search's trials for the journal, best first; None when the storage has no search."""
-    import optuna
-
-    metric, direction = objective(plan)
-    try:
-        study = optuna.load_study(study_name=f"{plan.name}/search", storage=storage.rdb)
-    except KeyError:
-        return None
-    trials = study.get_trials(deepcopy=False)
-    done = sorted((t for t in trials if t.state.name == "COMPLETE"),
-                  key=lambda t: t.value if direction == "minimize" else -t.value)
-    rows = [{"number": t.number, "value": t.value, "params": dict(t.params), "run": t.user_attrs.get("run")}
-            for t in done]
-    counts = {s: sum(1 for t in trials if t.state.name == s) for s in ("COMPLETE", "RUNNING", "WAITING", "FAIL", "PRUNED")}
-    return {"metric": metric, "direction": direction, "ranges": {k: r.text() for k, r in plan.search.items()},
-            "trials": rows, "counts": {k.lower(): v for k, v in counts.items() if v}}
