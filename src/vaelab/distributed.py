@@ -79,6 +79,7 @@ class World:
 
 
 _world = World()
+_owned = False  # whether init() created the process group (a caller's own group is left alone)
 
 
 def current() -> World:
@@ -95,7 +96,7 @@ def env_world() -> World:
 
 def init() -> World:
     """Join the process group torchrun set up; a no-op in a one-process run. Returns the world."""
-    global _world
+    global _world, _owned
     world = env_world()
     if not world.parallel or torch.distributed.is_initialized():
         _world = world
@@ -111,15 +112,15 @@ def init() -> World:
     else:
         backend = "gloo"
     torch.distributed.init_process_group(backend, timeout=TIMEOUT)
-    _world = world
+    _world, _owned = world, True
     return world
 
 
 def teardown() -> None:
-    global _world
-    if torch.distributed.is_initialized():
+    global _world, _owned
+    if _owned and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
-    _world = World()
+    _world, _owned = World(), False
 
 
 def device_for(device: torch.device) -> torch.device:
