@@ -279,7 +279,8 @@ def launch(nproc: int, args: Sequence[str]) -> int:
     if torch.cuda.is_available() and nproc > torch.cuda.device_count():
         raise VaelabError(f"--devices {nproc}: this machine has {torch.cuda.device_count()} GPU(s); "
                           "use at most that many (or torchrun --nnodes for several machines)")
-    os.environ.setdefault("OMP_NUM_THREADS", "1")  # N processes share the cores; torchrun would warn and set 1
+    # The N processes share the cores (torchrun alone would give each one thread, with a warning).
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
     options = parse_args(["--standalone", f"--nproc-per-node={nproc}", "--max-restarts=0",
                           "-m", "vaelab", *args])
     try:
