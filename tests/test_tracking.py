@@ -96,7 +96,8 @@ def test_a_tracking_failure_mid_run_does_not_stop_training(store, monkeypatch):
         return real(self, run_id, metrics=metrics, **kwargs)
 
     monkeypatch.setattr(MlflowClient, "log_batch", server_gone)
-    run_dir = train_run(load_config(config_path, overrides))
+    # An experiment vaelab creates itself: its artifacts go beside the SQLite file, not to ./mlruns.
+    run_dir = train_run(load_config(config_path, [*overrides, "run.mlflow_experiment=made-by-vaelab"]))
 
     assert json.loads((run_dir / "run.json").read_text())["status"] == "finished"
     assert [r["epoch"] for r in metrics(run_dir)] == [1, 2, 3]
@@ -104,6 +105,9 @@ def test_a_tracking_failure_mid_run_does_not_stop_training(store, monkeypatch):
     assert log.count("warning: mlflow") == 1 and "Connection refused" in log
     run_id = mlflow_run_id(run_dir)
     assert [m.step for m in client.get_metric_history(run_id, "val_loss")] == [1]  # then it stopped trying
+    database = Path(uri.removeprefix("sqlite:///"))
+    assert client.get_experiment_by_name("made-by-vaelab").artifact_location == (database.parent / "mlartifacts").as_uri()
+    assert (database.parent / "mlartifacts").is_dir()
     assert client.get_run(run_id).info.status == "RUNNING"  # not closed: the server was gone
 
 

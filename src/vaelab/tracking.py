@@ -6,6 +6,8 @@ record of truth; MLflow gets a copy where a team already looks:
 - metrics: every numeric key of each metrics.jsonl record, with step = epoch;
 - artifacts: `reconstructions/epoch-NNNN.png` and `samples/epoch-NNNN.png`;
 - the run folder's name is the MLflow run name (tag `vaelab.run_dir` holds its path).
+An experiment that vaelab creates in a local `sqlite:///` store keeps its artifacts in
+`mlartifacts/` beside the database file; an existing experiment keeps its own location.
 
 The MLflow run id is kept in the run folder's `mlflow.json`, so `--resume` (a folder or
 `auto`) continues the same MLflow run instead of opening a second one. A resume that changes
@@ -87,7 +89,8 @@ class Tracker:
                 self.log(f"mlflow: continuing run {run.info.run_id} in {self.uri}")
         if run is None:
             found = client.get_experiment_by_name(self.experiment)
-            experiment_id = found.experiment_id if found is not None else client.create_experiment(self.experiment)
+            experiment_id = (found.experiment_id if found is not None
+                             else client.create_experiment(self.experiment, artifact_location=artifacts_beside(self.uri)))
             run = client.create_run(experiment_id, run_name=self.run_dir.name,
                                     tags={"vaelab.run_dir": str(self.run_dir.absolute())})
             # Recorded before anything else is logged, so a kill from here on still resumes this run.
@@ -138,6 +141,15 @@ class Tracker:
             message = " ".join(str(error).split())[:300] or type(error).__name__
             self.log(f"warning: mlflow {what} failed ({message}); no more MLflow logging in this process, "
                      "the run folder has everything and a resume reconnects")
+
+
+def artifacts_beside(uri: str) -> Optional[str]:
+    """For a local `sqlite:////path/mlflow.db`: `/path/mlartifacts`, so the database and its images
+    stay together (MLflow's default, ./mlruns, depends on the folder vaelab was started from).
+    None for a server or another store: the server decides."""
+    if not uri.startswith("sqlite:///") or uri.endswith(":memory:"):
+        return None
+    return (Path(uri[len("sqlite:///"):]).absolute().parent / "mlartifacts").as_uri()
 
 
 def recorded_run(client, run_id: str):
