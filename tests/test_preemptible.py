@@ -62,8 +62,8 @@ def job(tmp_path):
 
 def start_frozen(command: list[str], env: dict, cwd: Path) -> subprocess.Popen:
     """Start `command` and return once it is frozen in step FREEZE_AT."""
-    log = open(cwd / "first.log", "w")
-    process = subprocess.Popen(command, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT)
+    with open(cwd / "first.log", "w") as log:  # the child keeps its own handle
+        process = subprocess.Popen(command, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT)
     frozen = Path(env["FROZEN"])
     deadline = time.monotonic() + 600  # a guard against a hang, not a measurement
     while not frozen.exists():
