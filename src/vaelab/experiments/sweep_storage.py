@@ -103,9 +103,8 @@ class Storage:
             raise VaelabError(f"--storage {shown}: the {self.backend} driver {driver} is not installed; "
                               f"pip install {package.get(driver, driver)}") from None
         except sqlalchemy.exc.SQLAlchemyError as error:
-            reason = " ".join(str(getattr(error, "orig", None) or error).split())[:200]
-            raise VaelabError(f"--storage {shown}: cannot open the database ({reason}); check the host, port, user, "
-                              "password and database name, and that the server is running") from None
+            raise VaelabError(f"--storage {shown}: cannot open the database ({reason(error)}); check the host, port, "
+                              "user, password and database name, and that the server is running") from None
         self.shown = shown
 
     def study(self, name: str, direction: str, sampler=None):
@@ -126,8 +125,11 @@ class Storage:
     @contextmanager
     def locked(self, name: str, engine) -> Iterator[None]:
         if self.lock_file is not None:
-            import fcntl  # SQLite is for one machine, so a file lock reaches every worker
-
+            try:
+                import fcntl  # SQLite is for one machine, so a file lock reaches every worker
+            except ImportError:  # Windows: one worker per SQLite file there
+                yield
+                return
             with open(self.lock_file, "a") as file:
                 fcntl.flock(file, fcntl.LOCK_EX)
                 yield  # closing the file releases the lock, also when the process dies
@@ -249,8 +251,9 @@ def run_job(plan: Plan, job: Job, storage: Storage, metric: str) -> tuple[str, O
 
     with heartbeat(storage, job.trial_id):
         action, found = look()
-        while action == "busy":  # e.g. the worker whose trial was found stale is alive after all
+        if action == "busy":  # e.g. the worker whose trial was found stale is alive after all
             say(f"{job.key}: {found.folder.name} is being trained by another process; waiting for it")
+        while action == "busy":
             time.sleep(max(POLL_S, storage.interval))
             action, found = look()
         if action in ("new", "resume"):
@@ -279,7 +282,8 @@ def work(plan: Plan, storage: Storage, study, metric: str, next_job, accept) -> 
     """Take jobs until none is waiting or running anywhere; a line per job that failed here."""
     S = states()
     problems, done = [], 0
-    previous = signal.signal(signal.SIGTERM, interrupt)  # between jobs SIGTERM stops as Ctrl-C does
+    main = threading.current_thread() is threading.main_thread()  # only there can signals be handled
+    previous = signal.signal(signal.SIGTERM, interrupt) if main else None  # between jobs SIGTERM acts as Ctrl-C
     try:
         while True:
             with storage.lock(study.study_name):
@@ -312,7 +316,8 @@ def work(plan: Plan, storage: Storage, study, metric: str, next_job, accept) -> 
             if state == "FAIL":
                 problems.append(f"{job.key}: {attrs.get('error')}")
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        if main:
+            signal.signal(signal.SIGTERM, previous)
     say(f"worker: {done} job(s) done here; none left in {study.study_name}")
     return problems
 
@@ -355,6 +360,28 @@ def storage_command(plan_path: Path, url: Optional[str], worker: bool = False, s
                           "dotted key per line, e.g. 'train.lr: loguniform(1e-5, 1e-3)'")
     plan.folder.mkdir(parents=True, exist_ok=True)
     storage = Storage(url or f"sqlite:///{plan.folder / 'optuna.db'}", grace)
+    import sqlalchemy
+
+    try:
+        problems = run_jobs(plan, storage, search, journal_only)
+        summary = search_summary(plan, storage) if plan.search and not worker else None
+    except sqlalchemy.exc.SQLAlchemyError as error:  # e.g. the server went away mid-sweep
+        raise VaelabError(f"--storage {storage.shown}: lost the database ({reason(error)}); run this again once it "
+                          "is back (a job held here is retried by any worker after --grace seconds)") from None
+    if not worker:
+        journal = build_journal(plan.name, plan.folder, journal_groups(plan), search=summary)
+        if not any(row["runs"] for row in journal["rows"]) and not (summary and summary["trials"]):
+            raise VaelabError(f"{plan.folder}: no finished runs of this plan yet; run `vaelab sweep {plan_path}` first")
+        write_journal(journal, plan.folder)
+        print_journal(journal)
+    if problems:
+        raise VaelabError(f"{storage.shown}: {len(problems)} job(s) failed: {'; '.join(problems)}; fix the cause "
+                          f"and run `vaelab sweep {plan_path} --storage URL` again to retry them")
+    return plan.folder
+
+
+def run_jobs(plan: Plan, storage: Storage, search: Optional[int], journal_only: bool) -> list[str]:
+    """Enqueue and work on the pairs, or the search's trials; a line per job that failed here."""
     metric, direction = objective(plan) if search else ("val_loss", "minimize")
     problems: list[str] = []
     if search is None:
@@ -377,17 +404,12 @@ def storage_command(plan_path: Path, url: Optional[str], worker: bool = False, s
             say(f"search {plan.name}: {search} trials of {ranges}, {direction} {metric}, in {storage.shown}")
             accept = job_of(plan, study)
             problems = work(plan, storage, study, metric, search_taker(plan, storage, study, search, accept), accept)
-    if not worker:
-        summary = search_summary(plan, storage) if plan.search else None
-        journal = build_journal(plan.name, plan.folder, journal_groups(plan), search=summary)
-        if not any(row["runs"] for row in journal["rows"]) and not (summary and summary["trials"]):
-            raise VaelabError(f"{plan.folder}: no finished runs of this plan yet; run `vaelab sweep {plan_path}` first")
-        write_journal(journal, plan.folder)
-        print_journal(journal)
-    if problems:
-        raise VaelabError(f"{storage.shown}: {len(problems)} job(s) failed: {'; '.join(problems)}; fix the cause "
-                          f"and run `vaelab sweep {plan_path} --storage URL` again to retry them")
-    return plan.folder
+    return problems
+
+
+def reason(error: Exception) -> str:
+    """The driver's own words, on one line."""
+    return " ".join(str(getattr(error, "orig", None) or error).split())[:200]
 
 
 def pair_taker(storage: Storage, study, accept):
