@@ -78,15 +78,15 @@ def test_params_metrics_and_grids_reach_mlflow_and_a_resume_continues_the_run(st
     assert len(client.search_runs([run.info.experiment_id])) == 1
     assert "mlflow: continuing run" in (run_dir / "log.txt").read_text()
 
-    # The MLflow run deleted meanwhile: the next resume logs into a new one instead of nowhere.
+    # The MLflow run deleted meanwhile: the next resume logs into a new one, from epoch 1 on.
     client.delete_run(run_id)
     train_command(None, ["train.epochs=4"], resume=str(run_dir))
     replacement = mlflow_run_id(run_dir)
     assert replacement != run_id and client.get_run(replacement).info.status == "FINISHED"
-    assert [m.step for m in client.get_metric_history(replacement, "val_loss")] == [4]
+    assert [m.step for m in client.get_metric_history(replacement, "val_loss")] == [1, 2, 3, 4]
 
 
-def test_a_tracking_failure_mid_run_does_not_stop_training(store, monkeypatch):
+def test_a_tracking_failure_mid_run_does_not_stop_training_and_a_resume_fills_the_gap(store, monkeypatch):
     config_path, uri, client, overrides = store
     real = MlflowClient.log_batch
 
@@ -105,10 +105,19 @@ def test_a_tracking_failure_mid_run_does_not_stop_training(store, monkeypatch):
     assert log.count("warning: mlflow") == 1 and "Connection refused" in log
     run_id = mlflow_run_id(run_dir)
     assert [m.step for m in client.get_metric_history(run_id, "val_loss")] == [1]  # then it stopped trying
+    assert client.get_run(run_id).info.status == "RUNNING"  # not closed: the server was gone
     database = Path(uri.removeprefix("sqlite:///"))
     assert client.get_experiment_by_name("made-by-vaelab").artifact_location == (database.parent / "mlartifacts").as_uri()
     assert (database.parent / "mlartifacts").is_dir()
-    assert client.get_run(run_id).info.status == "RUNNING"  # not closed: the server was gone
+
+    # The server is back: a resume (here of the finished run: nothing to train) logs what was missed.
+    monkeypatch.undo()
+    assert train_command(None, [], resume=str(run_dir)) == run_dir and mlflow_run_id(run_dir) == run_id
+    assert [(m.step, m.value) for m in client.get_metric_history(run_id, "val_loss")] == \
+        [(r["epoch"], r["val_loss"]) for r in metrics(run_dir)]
+    files = sorted(Path(f.path).name for f in client.list_artifacts(run_id, "reconstructions"))
+    assert files == ["epoch-0001.png", "epoch-0002.png", "epoch-0003.png"]
+    assert client.get_run(run_id).info.status == "FINISHED"
 
 
 def test_mlflow_not_installed_is_one_line_before_any_run_folder(tmp_path, monkeypatch, capsys):

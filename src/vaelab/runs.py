@@ -44,7 +44,7 @@ from vaelab.data.scaling import box_masks, scale_pixels, to_pixels
 from vaelab.errors import VaelabError
 from vaelab.files import append_json_line, read_json, write_json, write_text
 from vaelab.provenance import environment, rss_mb, snapshot_source
-from vaelab.tracking import Tracker, require_mlflow
+from vaelab.tracking import Tracker, epoch_grids, require_mlflow
 from vaelab.losses import check_scaling
 from vaelab.model import ConvVAE, build_model, check_strides, count_parameters
 from vaelab.train import StopTraining, Trainer, isolated, select_device
@@ -298,8 +298,7 @@ class Recorder:
             save_png(recon, self.run_dir / "reconstructions" / f"epoch-{epoch:04d}.png")
             save_png(samples, self.run_dir / "samples" / f"epoch-{epoch:04d}.png")
         self.board.epoch(record, recon, samples)
-        grids = [self.run_dir / d / f"epoch-{epoch:04d}.png" for d in ("reconstructions", "samples")] if recon is not None else []
-        self.tracker.epoch(record, grids)
+        self.tracker.epoch(record, epoch_grids(self.run_dir, epoch) if recon is not None else [])
         self.log(epoch_line(record, self.config.train.epochs))
         try:
             numbered = epoch % self.config.run.checkpoint_every == 0 or epoch == self.config.train.epochs

@@ -16,7 +16,9 @@ value goes into a tag `resumed.<key>`.
 
 MLflow failing mid-run (a tracking server gone) never stops training: one warning line, and
 this process logs nothing more to MLflow, because the client's retries would otherwise stall
-every epoch for minutes. The run folder has everything; a later resume reconnects.
+every epoch for minutes. The run folder has everything: a later resume reconnects and logs the
+epochs that MLflow missed (from metrics.jsonl and the image files), and turning MLflow on for an
+existing run on resume logs all its epochs.
 """
 
 from __future__ import annotations
@@ -109,6 +111,17 @@ class Tracker:
         config = self.run_dir / "config.yaml"  # the whole config, to rerun it from MLflow
         if config.is_file():
             client.log_artifact(self.run_id, str(config))
+        self._backfill()
+
+    def _backfill(self) -> None:
+        """Log the epochs that metrics.jsonl has and the MLflow run lacks: those after an MLflow
+        failure in an earlier attempt, or all of them when MLflow is turned on for an existing run."""
+        done = {m.step for m in self.client.get_metric_history(self.run_id, "step")}
+        missing = [r for r in read_records(self.run_dir / "metrics.jsonl") if r.get("epoch") not in done]
+        for record in missing:
+            self._epoch(record, [path for path in epoch_grids(self.run_dir, record["epoch"]) if path.is_file()])
+        if missing:
+            self.log(f"mlflow: logged {len(missing)} earlier epoch(s) from metrics.jsonl")
 
     def epoch(self, record: dict, images: Iterable[Path] = ()) -> None:
         """The record's numeric values at step = its epoch, and the epoch's image files."""
@@ -141,6 +154,28 @@ class Tracker:
             message = " ".join(str(error).split())[:300] or type(error).__name__
             self.log(f"warning: mlflow {what} failed ({message}); no more MLflow logging in this process, "
                      "the run folder has everything and a resume reconnects")
+
+
+def epoch_grids(run_dir: Path, epoch: int) -> list[Path]:
+    """The image files the run layer writes for an epoch (see `vaelab.runs`)."""
+    return [run_dir / folder / f"epoch-{epoch:04d}.png" for folder in ("reconstructions", "samples")]
+
+
+def read_records(path: Path) -> list[dict]:
+    """metrics.jsonl's complete records (a line torn by a kill is skipped)."""
+    records = []
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and isinstance(record.get("epoch"), int):
+            records.append(record)
+    return records
 
 
 def artifacts_beside(uri: str) -> Optional[str]:
