@@ -12,7 +12,8 @@ import vaelab.train
 from vaelab.checkpoints import load_state
 from vaelab.config import load_config
 from vaelab.model import build_model
-from vaelab.train import Guard, Trainer, amp_dtype, select_device
+from vaelab.guard import Guard
+from vaelab.train import Trainer, amp_dtype, select_device
 from test_runs import make_images, metrics, write_config
 
 

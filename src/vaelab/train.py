@@ -51,7 +51,7 @@ import sys
 import time
 import warnings
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Iterator, Optional, Protocol
 
 import numpy as np
@@ -64,8 +64,10 @@ from vaelab.data.grid import image_grid
 from vaelab.data.loader import Batch, ImageLoader, epoch_order
 from vaelab.data.scaling import box_masks, to_model_input, to_pixels
 from vaelab.errors import VaelabError
+from vaelab.guard import Guard
 from vaelab.losses import check_scaling, kl_weight_at, make_log_sigma, vae_loss
 from vaelab.metrics import LatentStats
+from vaelab.progress import ProgressBar
 
 STATE_FORMAT = "vaelab-train-state"
 STATE_VERSION = 1
@@ -177,60 +179,6 @@ def batch_index(loader: ImageLoader, epoch: int) -> np.ndarray:
     for i, rows in enumerate(plan):
         index[loader.positions[rows]] = i
     return index
-
-
-# --------------------------------------------------------------------------------------------
-# the guard
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Guard:
-    """Judges each step by its loss and gradient norm against their running level.
-
-    The running mean and mean absolute deviation are exponential averages over applied steps
-    only, so a burst of bad steps cannot drag the reference up to meet it.
-    """
-
-    spike_factor: float
-    warmup: int
-    seen: int = 0  # applied steps since the start or the last rollback
-    loss_mean: float = 0.0
-    loss_dev: float = 0.0
-    norm_mean: float = 0.0
-    norm_dev: float = 0.0
-    streak: int = 0  # bad steps in a row
-    skipped: int = 0  # skipped steps, whole run
-    rollbacks: int = 0
-    decay: float = 0.98
-
-    def judge(self, loss: float, norm: float) -> Optional[str]:
-        """None when the step may be applied, else the reason it may not."""
-        if not math.isfinite(loss):
-            return f"non-finite loss ({loss})"
-        if not math.isfinite(norm):
-            return f"non-finite gradient norm ({norm})"
-        if self.spike_factor > 0 and self.seen >= self.warmup:
-            for name, value, mean, dev in (("loss", loss, self.loss_mean, self.loss_dev),
-                                           ("gradient norm", norm, self.norm_mean, self.norm_dev)):
-                if value > mean + self.spike_factor * max(dev, 1e-3 * abs(mean), 1e-12):
-                    return f"{name} spike ({value:.4g}, running mean {mean:.4g})"
-        return None
-
-    def accept(self, loss: float, norm: float) -> None:
-        if self.seen == 0:
-            self.loss_mean, self.norm_mean, self.loss_dev, self.norm_dev = loss, norm, 0.0, 0.0
-        else:
-            # A plain average over the first steps, then an exponential one: an EMA started from
-            # zero would underestimate the deviation and call ordinary noise a spike.
-            a = max(1.0 - self.decay, 1.0 / (self.seen + 1))
-            b = max(1.0 - self.decay, 1.0 / self.seen)
-            self.loss_dev += b * (abs(loss - self.loss_mean) - self.loss_dev)
-            self.loss_mean += a * (loss - self.loss_mean)
-            self.norm_dev += b * (abs(norm - self.norm_mean) - self.norm_dev)
-            self.norm_mean += a * (norm - self.norm_mean)
-        self.seen += 1
-        self.streak = 0
 
 
 # --------------------------------------------------------------------------------------------
@@ -463,7 +411,7 @@ class Trainer:
             return "stopped"
         return "finished"
 
-    def _train_epoch(self, train: ImageLoader, callbacks: Callbacks, bar: "ProgressBar") -> Optional[str]:
+    def _train_epoch(self, train: ImageLoader, callbacks: Callbacks, bar: ProgressBar) -> Optional[str]:
         t = self.config.train
         index = batch_index(train, self.epoch)
         if self.world.parallel:
@@ -562,48 +510,3 @@ class Trainer:
             # the state was saved from (rank 0's); the same holds for a run resumed on another GPU.
             torch.cuda.set_rng_state(rng["cuda"][rng["cuda_device"]], self.device)
         self.clock = time.monotonic()
-
-
-# --------------------------------------------------------------------------------------------
-# progress bar
-# --------------------------------------------------------------------------------------------
-
-
-class ProgressBar:
-    """One bar over the whole run on stderr: epoch, batches, live losses and ETA. Off when
-    stderr is not a terminal (logs and CI get the per-epoch summary lines instead)."""
-
-    def __init__(self, enabled: Optional[bool], epochs: int, per_epoch: int, done: int):
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-        console = Console(stderr=True)
-        self.enabled = console.is_terminal if enabled is None else enabled
-        self.epochs, self.per_epoch = epochs, per_epoch
-        self.progress = Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[losses]}"),
-            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=console, disable=not self.enabled)
-        self.task = self.progress.add_task("", total=epochs * per_epoch, completed=done, losses="")
-        self.last = 0.0
-
-    def __enter__(self):
-        self.progress.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        return self.progress.__exit__(*exc)
-
-    def update(self, trainer: Trainer) -> None:
-        now = time.monotonic()
-        if not self.enabled or now - self.last < 0.1:  # formatting costs more than a small step
-            return
-        self.last = now
-        s = trainer.sums
-        losses = ""
-        if s["applied"]:
-            n = s["applied"]
-            losses = f"loss {s['loss'] / n:.4g}  recon {s['recon'] / n:.4g}  kl {s['kl'] / n:.4g}"
-        if s["skipped"]:
-            losses += f"  skipped {s['skipped']}"
-        self.progress.update(self.task, completed=trainer.epoch * self.per_epoch + trainer.batch,
-                             description=f"epoch {trainer.epoch + 1}/{self.epochs}", losses=losses)
