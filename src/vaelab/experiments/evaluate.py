@@ -27,7 +27,7 @@ Every number is a mean per image over the evaluated split unless said otherwise.
   variance over the split's images of the posterior mean (unbiased, needs 2 images).
 - kl_per_dim: the KL of each latent dimension in nats, mean per image (sums to `kl`).
 
-`LatentStats`, `ssim` and `box_ssim` live in `vaelab.metrics`; the
+`LatentStats`, `ssim` and `box_ssim` live in `vaelab.metrics` (importable from here too); the
 trainer logs the cheap ones every epoch as val_active_units and val_kl_per_dim (SSIM only here).
 """
 
@@ -50,7 +50,8 @@ from vaelab.data.loader import FittedImages, ImageLoader
 from vaelab.data.scaling import box_masks, to_model_input, to_pixels
 from vaelab.errors import VaelabError
 from vaelab.losses import HALF_LOG_2PI, gaussian_log_sigma, masked_sum, vae_loss
-from vaelab.metrics import LatentStats, box_ssim
+# Moved to the model layer so that the trainer can log them every epoch; re-exported here.
+from vaelab.metrics import ACTIVE_THRESHOLD, LatentStats, box_ssim, cheap_metrics, gaussian_window, ssim  # noqa: F401
 
 EVALUATION_FILE = "evaluation.json"
 PSNR_CAP = 100.0  # dB for mse == 0, as the trainer's val_psnr
