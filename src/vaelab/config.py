@@ -68,7 +68,9 @@ class DataConfig(Section):
     filter: FilterConfig = Field(default_factory=FilterConfig)
     size: tuple[int, int] = (64, 64)
     fit: Literal["stretch", "pad", "crop"] = "pad"
-    bbox_crop: bool = False
+    bbox_crop: bool = Field(
+        True, description="cut each image to its person box (fields.bbox) before fitting; images without a box stay whole"
+    )
     pad_value: Union[int, tuple[int, int, int]] = 0
     scale: Literal["unit", "symmetric", "standardize"] = "unit"
     val_fraction: float = Field(0.1, ge=0.0, lt=1.0)
