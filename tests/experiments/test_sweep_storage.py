@@ -36,20 +36,7 @@ from vaelab.experiments import sweep_storage
 from vaelab.experiments.sweep import load_plan
 from vaelab.experiments.sweep_storage import Storage, storage_command
 from vaelab.files import read_json
-
-
-def write_base(folder: Path, images: Path) -> Path:
-    path = folder / "base.yaml"
-    path.write_text(textwrap.dedent(f"""\
-        data: {{images: {images}, size: [16, 16], val_fraction: 0.25, workers: 0}}
-        model:
-          conv: [{{filters: 4, kernel: 3, stride: 2}}, {{filters: 8, kernel: 3, stride: 2}}]
-          dense: 16
-          latent: 4
-        train: {{epochs: 2, batch_size: 4, lr: 0.003, device: cpu}}
-        run: {{checkpoint_minutes: null, tensorboard: false, images: 0}}
-        """))
-    return path
+from test_sweep import write_base
 
 
 def write_plan(folder: Path, body: str) -> Path:
