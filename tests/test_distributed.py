@@ -255,3 +255,31 @@ def test_loss_shares_add_up_to_the_global_batch(free_bits):
     assert torch.allclose(shares[0]["mse"], full["mse"]) and torch.allclose(shares[1]["sigma"], full["sigma"])
     for a, b, g in zip(*share_grads, full_grads):
         assert torch.allclose((a + b) / 2, g, rtol=1e-4, atol=1e-4 * g.abs().max()), ((a + b) / 2 - g).abs().max()
+
+
+def test_a_second_machine_completes_its_own_image_cache(tmp_path):
+    """Two 'machines' (torchrun nodes on loopback, one process each, separate cache folders): each
+    machine's processes see only their share of every batch (and node 1 never validates), yet
+    each cache must become final, or every epoch there would read through the decoding path."""
+    import socket
+
+    images = make_images(tmp_path / "images")
+    config = write_config(tmp_path, images, tmp_path / "runs")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    nodes = []
+    for node in (0, 1):
+        env = dict(os.environ, OMP_NUM_THREADS="1", VAELAB_CACHE_DIR=str(tmp_path / f"cache-{node}"))
+        nodes.append(subprocess.Popen(
+            [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1", f"--node_rank={node}",
+             "--master_addr=127.0.0.1", f"--master_port={port}", "-m", "vaelab", "train", "-c", str(config),
+             "--set", "train.epochs=2"],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    for node in nodes:
+        _, err = node.communicate(timeout=300)
+        assert node.returncode == 0, err[-2000:]
+    for node in (0, 1):
+        folder = tmp_path / f"cache-{node}"
+        assert list(folder.glob("fitted-*.u8")) and not list(folder.glob("fitted-*.partial")), node
+    assert [r["epoch"] for r in metrics(only_run(tmp_path / "runs"))] == [1, 2]

@@ -220,6 +220,8 @@ def make_loaders(config: Config, device: torch.device, log) -> tuple[ImageLoader
     with distributed.local_main_first():  # it fills the on-disk caches the other ranks then read
         collection = load_collection(config.data, progress=sys.stderr.isatty() and world.main)
         images = FittedImages(collection, config.data)
+        if world.local_size < world.size and world.local_rank == 0:
+            fill_cache(images, config.data.workers)
     summary = describe_skips(collection.skipped)
     if summary:
         log(summary)
@@ -234,6 +236,18 @@ def make_loaders(config: Config, device: torch.device, log) -> tuple[ImageLoader
     log(f"data: {len(collection.train)} train, {len(collection.val)} val images at "
         f"{config.data.size[0]}x{config.data.size[1]} ({config.data.fit}); {train.batches_per_epoch()} batches per epoch")
     return train, val
+
+
+def fill_cache(images: FittedImages, workers: int) -> None:
+    """Decode every image into this machine's cache file before training. With several machines
+    no machine's processes see all the images (each takes its share of every batch, and rank 0
+    alone validates), so the cache would never become final and every epoch would go through the
+    slower decoding path. Isolated: the pass must not move the RNG whose noise all ranks share."""
+    if images.cache is None or images.cache_ready():
+        return
+    every = ImageLoader(images, np.arange(len(images)), batch_size=64, shuffle=False, workers=workers)
+    for _ in isolated(every.batches(0)):
+        pass
 
 
 def seed_everything(seed: int) -> None:
