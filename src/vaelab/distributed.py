@@ -34,7 +34,8 @@ needs. How a run is spread, and why:
   and the validation split is a tenth of the data; the other ranks wait at the next step.
 - Image cache: the ranks of one machine share the memory-mapped cache file, which is built to
   take several writers (`vaelab.data.cache`); each rank decodes only its own shard in the first
-  epoch. The local rank 0 of each machine loads the collection first (index, metadata and the
+  epoch. A machine that does not hold every rank has its first process fill the whole cache
+  before training (`vaelab.runs.fill_cache`), or it would never be complete. The local rank 0 of each machine loads the collection first (index, metadata and the
   built-in set are cached on disk), the others then find it ready.
 - Batch norm: on CUDA the model's BatchNorm layers become SyncBatchNorm (statistics over the
   global batch); gloo has no SyncBatchNorm, so on CPU each rank normalises over its own shard.
