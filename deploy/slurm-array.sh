@@ -28,7 +28,7 @@ child=$!
 requeue=0
 
 # USR1 (time limit ahead): vaelab stops on SIGTERM or SIGINT, not USR1, so pass it a SIGTERM;
-# it finishes the step, writes a checkpoint and exits 0. Then this script requeues the task.
+# it finishes the step, writes a checkpoint and exits 143 (not finished). Then this script requeues the task.
 trap 'requeue=1; kill -TERM "$child" 2>/dev/null' USR1
 # SIGTERM (preemption, scancel): Slurm signals vaelab itself too, and a second signal would make
 # vaelab abort without its checkpoint, so only keep this shell alive until vaelab has saved;

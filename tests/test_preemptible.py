@@ -144,7 +144,7 @@ def test_slurm_script_saves_on_usr1_and_requeues_itself(job, tmp_path):
 
     first = start_frozen(command, dict(freezing, **env), tmp_path)
     first.send_signal(signal.SIGUSR1)  # --signal=B:USR1@300: the time limit is near
-    assert first.wait(timeout=600) == 0
+    assert first.wait(timeout=600) == 143  # vaelab's own status after the SIGTERM the script sent
     assert (tmp_path / "scontrol.calls").read_text() == "requeue 1234\n"
     run_dir = only_run(root)
     assert read_json(run_dir / "run.json")["status"] == "interrupted"

@@ -193,7 +193,7 @@ def test_resume_is_exact(tmp_path, reference, die, resume):
     config = write_config(tmp_path, images, tmp_path / "runs")
     first = drive(tmp_path, config, "new", die=die)
     mode = die.split(":")[0]
-    assert first.returncode == (0 if mode == "sigint" else -9), first.stderr
+    assert first.returncode == (0 if mode == "sigint" else -9), first.stderr  # the Python API returns
     run_dir = only_run(tmp_path / "runs")
     status = json.loads((run_dir / "run.json").read_text())["status"]
     assert status == ("interrupted" if mode == "sigint" else "running")
@@ -314,3 +314,19 @@ def test_loaded_run_encode_keeps_padding_out_of_standardize_stats():
     expected = loaded.model.encode(as_in_training.x)[0]
     assert torch.allclose(loaded.encode(image, boxes), expected, atol=1e-6)
     assert not torch.allclose(loaded.encode(image), expected, atol=1e-4)  # padding skews the stats
+
+
+@pytest.mark.parametrize("state, code", [
+    ({"status": "finished"}, 0),
+    ({"status": "interrupted", "signal": 15}, 143),  # SIGTERM: a scheduler restarts the job
+    ({"status": "interrupted", "signal": None}, 130),  # a rank stopped for another rank's Ctrl-C
+    ({"status": "stopped"}, 75),  # disk nearly full: try again later
+    ({"status": "diverged"}, 1),
+    ({"status": "running"}, 1),  # failed without a word
+])
+def test_only_a_finished_run_exits_0(tmp_path, state, code):
+    from vaelab.files import write_json
+    from vaelab.runs import exit_status
+
+    write_json(tmp_path / "run.json", state)
+    assert exit_status(tmp_path) == code

@@ -193,6 +193,9 @@ def train(config_path: Optional[Path], overrides: tuple[str, ...], resume: Optio
     Every run gets its own folder under run.root (printed at start and end) with the resolved
     config, a source snapshot, env.json, metrics.jsonl, TensorBoard events, reconstruction and
     sample grids, and checkpoints. Ctrl-C stops after writing a checkpoint; --resume continues.
+
+    Exit status: 0 only when the run finished; interrupted 128 + signal (130 Ctrl-C, 143
+    SIGTERM), 75 stopped for lack of disk, 1 diverged or failed, 2 bad config or input.
     """
     import os
 
@@ -206,9 +209,11 @@ def train(config_path: Optional[Path], overrides: tuple[str, ...], resume: Optio
         if status:
             sys.exit(status)
         return
-    from vaelab.runs import train_command
+    from vaelab.runs import exit_status, train_command
 
-    train_command(config_path, overrides, resume)
+    status = exit_status(train_command(config_path, overrides, resume))
+    if status:  # not finished: a scheduler must see it (see docs/preemptible.md)
+        sys.exit(status)
 
 
 # --------------------------------------------------------------------------------------------

@@ -165,9 +165,10 @@ class RunLog:
             file.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}\n")
 
 
-def write_status(run_dir: Path, status: str, trainer: Trainer) -> None:
+def write_status(run_dir: Path, status: str, trainer: Trainer, signal: Optional[int] = None) -> None:
+    """run.json; `signal`: the one that interrupted the run, if one did."""
     previous = read_json(run_dir / "run.json") or {}
     write_json(run_dir / "run.json", {
         "status": status, "created": previous.get("created", time.time()), "updated": time.time(),
         "epoch": trainer.epoch, "epochs": trainer.config.train.epochs, "step": trainer.step,
-        "best_epoch": trainer.best_epoch, "pid": os.getpid()})
+        "best_epoch": trainer.best_epoch, "pid": os.getpid(), "signal": signal})

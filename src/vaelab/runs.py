@@ -97,6 +97,20 @@ def train_run(config: Optional[Config] = None, resume: Union[Path, str, None] = 
     return run_dir
 
 
+def exit_status(run_dir: Path) -> int:
+    """The exit status of `vaelab train` for the run's state. Only a finished run exits 0, so a
+    scheduler that restarts failed jobs restarts a preempted one: interrupted is 128 + the signal
+    (143 after SIGTERM, 130 after Ctrl-C, as a shell reports them), stopped for lack of disk is 75
+    (EX_TEMPFAIL: try again later), diverged 1. Data-parallel ranks other than 0 exit 0: rank 0
+    speaks for the run."""
+    if not distributed.env_world().main:
+        return 0
+    state = read_json(run_dir / "run.json") or {}
+    if state.get("status") == "interrupted":
+        return 128 + int(state.get("signal") or signal.SIGINT)
+    return {"finished": 0, "stopped": 75}.get(state.get("status"), 1)
+
+
 def check_batch_split(config: Config, world: distributed.World) -> None:
     if config.train.batch_size % world.size:
         raise VaelabError(f"train.batch_size: {config.train.batch_size} images do not split evenly over {world.size} "
@@ -179,7 +193,7 @@ def train_in(run_dir: Path, config: Config, fresh: bool, progress: Optional[bool
     write_status(run_dir, "running", trainer)
     callbacks = RankCallbacks(recorder) if world.parallel else recorder
     try:
-        with stop_on_signals(trainer, log):
+        with stop_on_signals(trainer, log) as received:
             status = status or trainer.fit(train_loader, val_loader, callbacks, progress)
             if world.parallel and callbacks.problem is not None:
                 status = "stopped"
@@ -189,7 +203,7 @@ def train_in(run_dir: Path, config: Config, fresh: bool, progress: Optional[bool
     finally:
         recorder.board.close()
         recorder.tracker.close(status or "failed")
-    write_status(run_dir, status, trainer)
+    write_status(run_dir, status, trainer, signal=received.get("signal") if status == "interrupted" else None)
     best = f"; best val loss {trainer.best_loss:.6g} at epoch {trainer.best_epoch}" if trainer.best_epoch else ""
     log(f"{status}: {trainer.epoch}/{config.train.epochs} epochs, {trainer.step} steps{best}")
     if status != "finished":
@@ -277,13 +291,14 @@ def fixed_batch(loader: ImageLoader, count: int) -> Optional[Batch]:
 def stop_on_signals(trainer: Trainer, log):
     """Ctrl-C or SIGTERM (what a preempted machine gets): finish the step, save, stop. Twice: abort."""
     if threading.current_thread() is not threading.main_thread():
-        yield
+        yield {}
         return
 
     owner = os.getpid()
     # Under torchrun a Ctrl-C reaches each rank twice: from the terminal and forwarded by torchrun.
     repeat_after = 2.0 if distributed.current().parallel else 0.0
     first = [0.0]
+    received: dict = {}  # the first signal, for the exit status (`exit_status`)
 
     def handler(signum, frame):
         if os.getpid() != owner:  # a forked data worker inherited this handler: the main process decides
@@ -294,11 +309,12 @@ def stop_on_signals(trainer: Trainer, log):
             raise KeyboardInterrupt
         trainer.stop_requested = True
         first[0] = time.monotonic()
+        received["signal"] = int(signum)
         log(f"{signal.Signals(signum).name}: stopping after this step once a checkpoint is written (again to abort)")
 
     previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        yield
+        yield received
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
