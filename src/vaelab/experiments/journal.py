@@ -422,9 +422,10 @@ def print_journal(journal: dict) -> None:
     if journal.get("search"):
         heading, columns, rows = search_table(journal["search"], 5)
         best = Table(title=escape(heading), title_justify="left")
-        for column in columns:
+        # The last column, the run folder's long name, stays in journal.md: it folds a terminal table.
+        for column in columns[:-1]:
             best.add_column(escape(column), overflow="fold")
         for row in rows:
-            best.add_row(*[escape(c) for c in row])
+            best.add_row(*[escape(c) for c in row[:-1]])
         console.print(best)
     console.print(f"journal: {escape(str(Path(journal['folder']) / 'journal.md'))} and journal.html")
