@@ -72,3 +72,17 @@ def test_resolved_config_round_trips(tmp_path):
     path = write(tmp_path, config.to_yaml())
     again = load_config(path)
     assert again.to_dict() == config.to_dict()
+
+
+def test_a_key_of_several_types_gets_one_readable_message():
+    with pytest.raises(VaelabError) as error:
+        load_config(None, ["data.workers=-1"])
+    assert str(error.value) == "the default config: data.workers: Input should be 'auto' or greater than or equal to 0"
+
+
+def test_auto_workers_share_the_cores_among_the_training_processes(monkeypatch):
+    monkeypatch.setattr("os.cpu_count", lambda: 16)
+    data = load_config(None).data
+    assert data.workers == "auto"
+    assert (data.worker_count(), data.worker_count(4), data.worker_count(32)) == (8, 4, 1)
+    assert load_config(None, ["data.workers=3"]).data.worker_count(4) == 3

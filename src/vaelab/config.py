@@ -11,7 +11,7 @@ from __future__ import annotations
 import difflib
 import os
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -74,7 +74,10 @@ class DataConfig(Section):
     pad_value: Union[int, tuple[int, int, int]] = 0
     scale: Literal["unit", "symmetric", "standardize"] = "unit"
     val_fraction: float = Field(0.1, ge=0.0, lt=1.0)
-    workers: int = Field(2, ge=0, description="DataLoader worker processes for the first (decoding) epoch")
+    workers: Union[Literal["auto"], Annotated[int, Field(ge=0)]] = Field(
+        "auto", description="decoding processes for the first epoch (later epochs read the cache); "
+        "auto = this machine's cores shared by its training processes, at most 8"
+    )
     cache: bool = Field(True, description="keep fitted uint8 images in a memory-mapped file")
     cache_dir: Optional[Path] = Field(None, description="null = $VAELAB_CACHE_DIR or ~/.cache/vaelab")
     demo_count: int = Field(2000, ge=1, description="size of the built-in figure set when images is null")
@@ -100,6 +103,12 @@ class DataConfig(Section):
     @property
     def pad_rgb(self) -> tuple[int, int, int]:
         return (self.pad_value,) * 3 if isinstance(self.pad_value, int) else tuple(self.pad_value)
+
+    def worker_count(self, processes_here: int = 1) -> int:
+        """`workers`, with auto resolved for `processes_here` training processes on this machine."""
+        if self.workers != "auto":
+            return self.workers
+        return max(1, min(8, (os.cpu_count() or 1) // max(1, processes_here)))
 
     def resolved_cache_dir(self) -> Path:
         if self.cache_dir is not None:
@@ -344,12 +353,37 @@ def _section_type(annotation: Any) -> Optional[type[BaseModel]]:
 
 
 def describe_validation_error(error: ValidationError) -> str:
-    messages = []
-    for item in error.errors()[:3]:
-        where = ".".join(str(p) for p in item["loc"] if not str(p).startswith("function-"))
+    """One line: each failing key and what it should be. A key that may take one of several types
+    (e.g. 'auto' or a number) fails once per type; those messages are joined with 'or'."""
+    by_key: dict[str, list[str]] = {}
+    for item in error.errors():
         message = item["msg"].removeprefix("Value error, ")
-        messages.append(f"{where}: {message}" if where else message)
-    return "; ".join(messages)
+        by_key.setdefault(field_path(item["loc"]), [])
+        if message not in by_key[field_path(item["loc"])]:
+            by_key[field_path(item["loc"])].append(message)
+    return "; ".join(f"{key}: {either(messages)}" if key else either(messages) for key, messages in list(by_key.items())[:3])
+
+
+def either(messages: list[str]) -> str:
+    lead = "Input should be "
+    if len(messages) > 1 and all(m.startswith(lead) for m in messages):
+        return lead + " or ".join(m.removeprefix(lead) for m in messages)
+    return " or ".join(messages)
+
+
+def field_path(loc: tuple) -> str:
+    """The config key of a pydantic error location, without the union-member and validator tags."""
+    parts: list[str] = []
+    model: Optional[type[BaseModel]] = Config
+    for part in loc:
+        if isinstance(part, int) and parts:
+            parts[-1] += f"[{part}]"
+        elif model is not None and part in model.model_fields:
+            parts.append(str(part))
+            model = _section_type(model.model_fields[part].annotation)
+        else:
+            break
+    return ".".join(parts)
 
 
 def resolve_paths(config: Config) -> Config:

@@ -235,11 +235,11 @@ def make_loaders(config: Config, device: torch.device, log) -> tuple[ImageLoader
         collection = load_collection(config.data, progress=sys.stderr.isatty() and world.main)
         images = FittedImages(collection, config.data)
         if world.local_size < world.size and world.local_rank == 0:
-            fill_cache(images, config.data.workers)
+            fill_cache(images, config.data.worker_count())
     summary = describe_skips(collection.skipped)
     if summary:
         log(summary)
-    t, workers, pin, ahead = config.train, config.data.workers, device.type == "cuda", config.data.prefetch
+    t, workers, pin, ahead = config.train, config.data.worker_count(world.local_size), device.type == "cuda", config.data.prefetch
     train = ImageLoader(images, images.positions_of(collection.train), t.batch_size, t.seed,
                         shuffle=True, drop_last=True, workers=workers, pin_memory=pin, prefetch=ahead,
                         shard=(world.rank, world.size))

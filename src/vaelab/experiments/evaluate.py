@@ -96,7 +96,7 @@ def split_loader(data: DataConfig, split: str, batch_size: int, seed: int = 0) -
                           f"{data.val_fraction}); use --split train or all")
     images = FittedImages(collection, data)
     loader = ImageLoader(images, images.positions_of(indices), batch_size, seed, shuffle=False,
-                         workers=data.workers)
+                         workers=data.worker_count())
     return loader, indices
 
 
