@@ -62,6 +62,19 @@ class GlobalBatch(Protocol):
         ...
 
 
+class OneProcess:
+    """The whole batch in this process: `vae_loss`'s group outside data-parallel training."""
+
+    size = 1
+
+    @staticmethod
+    def sum(values: Tensor) -> Tensor:
+        return values
+
+
+ONE_PROCESS = OneProcess()
+
+
 def vae_loss(
     out: VAEOutput,
     target: Tensor,
@@ -79,24 +92,21 @@ def vae_loss(
     Returns "loss", "recon", "kl" (raw), "kl_term" (after free bits), "mse" (per real pixel
     and channel) and, for `gaussian`, "sigma". group: under data-parallel training, the
     processes sharing the global batch; then loss, recon, kl and kl_term are this process's
-    shares and mse and sigma are the global batch's (see the module doc).
+    shares and mse and sigma are the global batch's (see the module doc). None: one process.
     """
     # Losses in float32 even under autocast: sums over 400k pixels lose too much in half.
     recon, logits, target = out.recon.float(), out.logits.float(), target.float()
     real = torch.ones_like(target[:, :1], dtype=torch.bool) if mask is None else mask > 0.5
-    n_real = real.sum().clamp(min=1)  # real pixels in the whole batch
     sq_err = (recon - target) ** 2
-    kl_sums = None
-    if group is None:
-        mse = masked_sum(sq_err, real).sum() / (n_real * target.shape[1])
-    else:
-        kl_sums = kl_divergence(out.mu.float(), out.logvar.float()).sum(0)  # (latent,), this shard's sum
-        local = torch.cat([torch.stack([masked_sum(sq_err, real).sum(), real.sum().float(),
-                                        torch.tensor(float(len(target)), device=target.device)]), kl_sums])
-        totals = group.sum(local.detach())
-        mse = totals[0] / (totals[1].clamp(min=1) * target.shape[1])
-        share = group.size / totals[2]  # this shard's weight in the global-batch mean
-        kl_means = totals[3:] / totals[2]  # each dimension's KL, mean over the global batch
+    group = group or ONE_PROCESS
+    # The batch's sums, summed over the processes sharing the global batch (one process: as they are).
+    kl_sums = kl_divergence(out.mu.float(), out.logvar.float()).sum(0)  # (latent,), this batch's sum
+    local = torch.cat([torch.stack([masked_sum(sq_err, real).sum(), real.sum().float(),
+                                    torch.tensor(float(len(target)), device=target.device)]), kl_sums])
+    totals = group.sum(local.detach())
+    mse = totals[0] / (totals[1].clamp(min=1) * target.shape[1])
+    share = group.size / totals[2]  # this batch's weight in the global-batch mean
+    kl_means = totals[3:] / totals[2]  # each dimension's KL, mean over the global batch
 
     parts: dict[str, Tensor] = {}
     kind = config.reconstruction
@@ -114,19 +124,16 @@ def vae_loss(
         parts["sigma"] = torch.exp(log_s).detach()
     else:  # the config's Literal makes this unreachable from YAML
         raise VaelabError(f"loss.reconstruction: unknown {kind!r}; use mse_sum, bce, gaussian or l1")
-    if kl_sums is None:
-        recon_term = per_sample.mean()
-        kl_per_dim = kl_divergence(out.mu.float(), out.logvar.float()).mean(0)  # (latent,), batch mean
-        kl = kl_per_dim.sum()
-        # Free bits: a dimension already under `free_bits` nats is not pushed further down,
-        # which keeps the KL term from collapsing every latent dimension early in training.
-        kl_term = torch.clamp(kl_per_dim, min=config.free_bits).sum()
-    else:  # this process's shares; summed over processes / size they are the lines above on the global batch
-        recon_term = per_sample.sum() * share
-        kl_shares = kl_sums * share
-        kl = kl_shares.sum()
-        floor = torch.full_like(kl_shares, config.free_bits)  # each share of the clamp floor
-        kl_term = torch.where(kl_means >= config.free_bits, kl_shares, floor).sum()
+    # This process's shares: summed over the processes and divided by their number, they are the
+    # global batch's means (one process: the batch means).
+    recon_term = per_sample.sum() * share
+    kl_shares = kl_sums * share
+    kl = kl_shares.sum()
+    # Free bits: a dimension whose mean KL is already under `free_bits` nats is not pushed further
+    # down (it contributes its share of the floor, with no gradient), which keeps the KL term from
+    # collapsing every latent dimension early in training.
+    floor = torch.full_like(kl_shares, config.free_bits)  # each process adds the floor; / size: the floor
+    kl_term = torch.where(kl_means >= config.free_bits, kl_shares, floor).sum()
 
     loss = recon_term + kl_weight * kl_term
     return {
