@@ -264,15 +264,20 @@ def sweep_command(plan_path: Path, workers: int = 1, journal_only: bool = False)
         raise VaelabError(f"--workers {workers}: give 1 or more")
     plan = load_plan(plan_path)
     problems = [] if journal_only else run_sweep(plan, workers)
-    journal = build_journal(plan.name, plan.folder, journal_groups(plan))
-    if not any(row["runs"] for row in journal["rows"]):
-        raise VaelabError(f"{plan.folder}: no finished runs of this plan yet; run `vaelab sweep {plan_path}` first")
-    write_journal(journal, plan.folder)
-    print_journal(journal)
+    publish_journal(plan, plan_path)
     if problems:
         raise VaelabError(f"{plan.folder}: {len(problems)} pair(s) did not finish: {'; '.join(problems)}; "
                           f"fix the cause and run `vaelab sweep {plan_path}` again to continue")
     return plan.folder
+
+
+def publish_journal(plan: Plan, plan_path: Path, search: Optional[dict] = None) -> None:
+    """Write journal.md/.html from the plan's runs (and a storage search's trials) and print it."""
+    journal = build_journal(plan.name, plan.folder, journal_groups(plan), search=search)
+    if not any(row["runs"] for row in journal["rows"]) and not (search and search["trials"]):
+        raise VaelabError(f"{plan.folder}: no finished runs of this plan yet; run `vaelab sweep {plan_path}` first")
+    write_journal(journal, plan.folder)
+    print_journal(journal)
 
 
 def run_sweep(plan: Plan, workers: int = 1) -> list[str]:

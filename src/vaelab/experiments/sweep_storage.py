@@ -40,9 +40,8 @@ from typing import Any, Iterator, Optional
 from vaelab.config import Config
 from vaelab.errors import VaelabError
 from vaelab.experiments.compare import number, read_metrics
-from vaelab.experiments.journal import build_journal, journal_groups, match_key, pair_state, print_journal, \
-    scan_runs, write_journal
-from vaelab.experiments.sweep import Plan, config_path, load_plan, say
+from vaelab.experiments.journal import match_key, pair_state, scan_runs
+from vaelab.experiments.sweep import Plan, config_path, load_plan, publish_journal, say
 from vaelab.experiments.sweep_search import objective, search_summary, search_taker
 from vaelab.files import write_text
 from vaelab.runs import train_run
@@ -369,11 +368,7 @@ def storage_command(plan_path: Path, url: Optional[str], worker: bool = False, s
         raise VaelabError(f"--storage {storage.shown}: lost the database ({reason(error)}); run this again once it "
                           "is back (a job held here is retried by any worker after --grace seconds)") from None
     if not worker:
-        journal = build_journal(plan.name, plan.folder, journal_groups(plan), search=summary)
-        if not any(row["runs"] for row in journal["rows"]) and not (summary and summary["trials"]):
-            raise VaelabError(f"{plan.folder}: no finished runs of this plan yet; run `vaelab sweep {plan_path}` first")
-        write_journal(journal, plan.folder)
-        print_journal(journal)
+        publish_journal(plan, plan_path, summary)
     if problems:
         raise VaelabError(f"{storage.shown}: {len(problems)} job(s) failed: {'; '.join(problems)}; fix the cause "
                           f"and run `vaelab sweep {plan_path} --storage URL` again to retry them")
