@@ -178,9 +178,10 @@ def data_preview(config_path: Optional[Path], overrides: tuple[str, ...], out: P
 @cli.command("train")
 @CONFIG_OPTION
 @SET_OPTION
-@click.option("--resume", default=None, metavar="RUN_DIR|auto",
-              help="Continue a stopped run in its own folder, or 'auto': the newest unfinished run with the "
-                   "same config under run.root, else a new run (for preemptible jobs).")
+@click.option("--resume", default=None, metavar="RUN_DIR|URL|auto",
+              help="Continue a stopped run in its own folder; a URL under run.remote (s3://bucket/runs/NAME) "
+                   "is downloaded into run.root first. 'auto': the newest unfinished run with the same config "
+                   "under run.root or run.remote, else a new run (for preemptible jobs).")
 @click.option("--devices", type=click.IntRange(min=1), default=None, metavar="N",
               help="Data-parallel training in N processes on this machine (one per GPU; CPU processes without "
                    "GPUs), started through torchrun's launcher. train.batch_size is the global batch, split "
@@ -195,7 +196,8 @@ def train(config_path: Optional[Path], overrides: tuple[str, ...], resume: Optio
     sample grids, and checkpoints. Ctrl-C stops after writing a checkpoint; --resume continues.
 
     Exit status: 0 only when the run finished; interrupted 128 + signal (130 Ctrl-C, 143
-    SIGTERM), 75 stopped for lack of disk, 1 diverged or failed, 2 bad config or input.
+    SIGTERM), 75 stopped for lack of disk or run.remote unreachable (try later), 1 diverged or
+    failed, 2 bad config or input.
     """
     import os
 
@@ -503,7 +505,7 @@ def main(argv: Optional[list[str]] = None) -> None:
 
         if os.environ.get("RANK", "0") == "0":  # data-parallel: rank 0 alone reports what every rank found
             click.echo(f"error: {error}", err=True)
-        sys.exit(2)
+        sys.exit(error.exit_status)
     except click.exceptions.Abort:
         click.echo("interrupted", err=True)
         sys.exit(130)

@@ -219,6 +219,15 @@ class RunConfig(Section):
         "(http://host:5000, sqlite:///mlflow.db); null = no MLflow; needs pip install 'vaelab[mlflow]'"
     )
     mlflow_experiment: str = Field("vaelab", min_length=1, description="MLflow experiment name; created if missing")
+    remote: Optional[str] = Field(
+        None, description="also keep a copy of each run folder under this URL (s3://bucket/runs, gs://..., "
+        "file:///mnt/backup), synced after each checkpoint; --resume auto continues runs found there; "
+        "needs pip install 'vaelab[s3]' (or the fsspec package for the store)"
+    )
+    remote_options: dict[str, Any] = Field(
+        default_factory=dict, description="options for the store's fsspec file system, e.g. "
+        "{endpoint_url: http://minio:9000}; keep credentials in the environment, not here: the config is saved"
+    )
 
     @field_validator("mlflow_uri")
     @classmethod
@@ -262,6 +271,15 @@ def load_config(path: Optional[Path] = None, overrides: tuple[str, ...] | list[s
         set_dotted(alone, key, value, origin=f"--set {override}")
         check_keys(alone, Config, origin=f"--set {override}")
         set_dotted(raw, key, value, origin=f"--set {override}")
+    return validated(raw, origin)
+
+
+def config_from_text(text: str, origin: str) -> Config:
+    """A config.yaml's text that is not in a local file (a run folder's on run.remote)."""
+    return validated(yaml_mapping(text, origin), origin)
+
+
+def validated(raw: dict[str, Any], origin: str) -> Config:
     check_keys(raw, Config, origin=origin)
     try:
         config = Config.model_validate(raw)
@@ -277,6 +295,10 @@ def read_yaml_mapping(path: Path) -> dict[str, Any]:
         raise VaelabError(f"{path}: config file not found; check the path given to -c") from None
     except (OSError, UnicodeDecodeError) as error:
         raise VaelabError(f"{path}: cannot read config ({error})") from None
+    return yaml_mapping(text, path)
+
+
+def yaml_mapping(text: str, path: Union[Path, str]) -> dict[str, Any]:
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as error:

@@ -1,7 +1,7 @@
 """Recording a run: the callbacks that write what the trainer produces into the run folder.
 
-metrics.jsonl, the image grids, TensorBoard, MLflow (`vaelab.tracking`), log.txt, run.json and
-the checkpoint schedule (`vaelab.checkpoints`). `vaelab.runs` builds a `Recorder` for each run.
+metrics.jsonl, the image grids, TensorBoard, MLflow (`vaelab.tracking`), log.txt, run.json,
+the checkpoint schedule (`vaelab.checkpoints`) and the copy on run.remote (`vaelab.mirror`). `vaelab.runs` builds a `Recorder` for each run.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from vaelab.config import Config
 from vaelab.data.grid import save_png
 from vaelab.data.loader import Batch
 from vaelab.files import append_json_line, read_json, write_json
+from vaelab.mirror import RunMirror
 from vaelab.provenance import rss_mb
 from vaelab.tracking import Tracker, epoch_grids
 from vaelab.train import StopTraining, Trainer
@@ -33,6 +34,7 @@ class Recorder:
         self.board = Board(run_dir / "tensorboard", config.run.tensorboard, log)
         self.tracker = Tracker(run_dir, config.run, log)
         self.last_save = time.monotonic()
+        self.mirror: Optional[RunMirror] = None  # the copy on run.remote, synced after each checkpoint
 
     def after_step(self, trainer: Trainer) -> None:
         r = self.config.run
@@ -47,6 +49,7 @@ class Recorder:
             except LowDisk as problem:
                 raise StopTraining(problem) from None
             self.last_save = time.monotonic()
+            self.request_sync()
 
     def epoch_end(self, trainer: Trainer, record: dict) -> None:
         epoch = record["epoch"]
@@ -68,6 +71,11 @@ class Recorder:
             raise StopTraining(problem) from None
         self.last_save = time.monotonic()
         write_status(self.run_dir, "running", trainer)
+        self.request_sync()
+
+    def request_sync(self) -> None:
+        if self.mirror is not None:
+            self.mirror.request()
 
     def rollback_state(self) -> dict:
         return load_state(self.checkpoints.path(LAST_EPOCH))

@@ -29,19 +29,20 @@ import time
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 import torch
 
 from vaelab import distributed
 from vaelab.checkpoints import LAST, CheckpointFolder, LowDisk, load_state
-from vaelab.config import Config, load_config
+from vaelab.config import Config, config_from_text, load_config
 from vaelab.data.collection import describe_skips, load_collection
 from vaelab.data.loader import Batch, FittedImages, ImageLoader
 from vaelab.data.scaling import box_masks, scale_pixels, to_pixels
 from vaelab.errors import VaelabError
 from vaelab.files import read_json, write_json, write_text
+from vaelab.mirror import RunMirror, check_remote, claim_name, download_run, maybe_alive, remote_runs, trained_elsewhere
 from vaelab.provenance import environment, snapshot_source
 from vaelab.recorder import RankCallbacks, Recorder, RunLog, write_status
 from vaelab.tracking import require_mlflow
@@ -69,6 +70,7 @@ def train_run(config: Optional[Config] = None, resume: Union[Path, str, None] = 
     then be None, or differ only in RESUME_MAY_CHANGE keys, e.g. more epochs); "auto" = continue
     the newest unfinished run under run.root with the same config, else start a new one.
     progress: the live progress bar; None = when stderr is a terminal.
+    With run.remote, "auto" also looks there and fetches the run it continues (`vaelab.mirror`).
     Under torchrun every process calls this: rank 0 opens and records the run, the others train
     in step with it and write nothing (see `vaelab.distributed`).
     """
@@ -79,6 +81,8 @@ def train_run(config: Optional[Config] = None, resume: Union[Path, str, None] = 
             check_strides(config.model, *config.data.size)
             require_mlflow(config.run)
             check_batch_split(config, world)
+            if config.run.remote and world.main:
+                check_remote(config.run.remote, config.run.remote_options)
         run_dir, config, fresh = distributed.share(lambda: open_run(config, resume))
         if not world.main:
             follow_in(config)
@@ -123,8 +127,13 @@ def train_command(config_path: Optional[Path], overrides: Sequence[str] = (), re
     """`vaelab train [-c CONFIG] [--set KEY=VALUE ...] [--resume RUN_DIR|auto]`.
 
     With --resume RUN_DIR the --set overrides apply to the run's own config.yaml (e.g.
-    train.epochs=300 to train on), and -c, if given, must describe the same run.
+    train.epochs=300 to train on), and -c, if given, must describe the same run. RUN_DIR may be
+    a URL under run.remote (s3://bucket/runs/NAME): it is downloaded into run.root first.
     """
+    if resume is not None and "://" in resume:  # a run folder on run.remote: fetch it, then as below
+        given = load_config(config_path, overrides)
+        url, _, name = resume.rstrip("/").rpartition("/")
+        resume = str(download_run(url, given.run.remote_options, name, given.run.root))
     if resume is not None and resume != "auto":
         run_dir = Path(resume)
         if not distributed.env_world().main:  # rank 0 reads the run's config and sends it: the run
@@ -147,7 +156,9 @@ def open_run(config: Optional[Config], resume: Union[Path, str, None]) -> tuple[
         found = find_resumable(config)
         if found is not None:
             return found, resume_config(found, config), False
-    run_dir = create_run_dir(config.run.root, config.run.name)
+    r = config.run
+    claim = (lambda name: claim_name(r.remote, r.remote_options, name)) if r.remote else (lambda name: True)
+    run_dir = create_run_dir(r.root, r.name, claim=claim)
     write_json(run_dir / "run.json", {"status": "created", "created": time.time()})
     snapshot_source(run_dir / "source")
     return run_dir, config, True
@@ -192,23 +203,38 @@ def train_in(run_dir: Path, config: Config, fresh: bool, progress: Optional[bool
     recorder.board.open(purge_step=None if fresh else trainer.epoch + 1)
     write_status(run_dir, "running", trainer)
     callbacks = RankCallbacks(recorder) if world.parallel else recorder
-    try:
-        with stop_on_signals(trainer, log) as received:
-            status = status or trainer.fit(train_loader, val_loader, callbacks, progress)
-            if world.parallel and callbacks.problem is not None:
-                status = "stopped"
-    except BaseException:
-        write_status(run_dir, "failed", trainer)
-        raise
-    finally:
-        recorder.board.close()
-        recorder.tracker.close(status or "failed")
-    write_status(run_dir, status, trainer, signal=received.get("signal") if status == "interrupted" else None)
-    best = f"; best val loss {trainer.best_loss:.6g} at epoch {trainer.best_epoch}" if trainer.best_epoch else ""
-    log(f"{status}: {trainer.epoch}/{config.train.epochs} epochs, {trainer.step} steps{best}")
-    if status != "finished":
-        log(f"continue with: vaelab train --resume {run_dir}")
+    with mirrored(run_dir, config, log) as recorder.mirror:
+        try:
+            with stop_on_signals(trainer, log) as received:
+                status = status or trainer.fit(train_loader, val_loader, callbacks, progress)
+                if world.parallel and callbacks.problem is not None:
+                    status = "stopped"
+        except BaseException:
+            write_status(run_dir, "failed", trainer)
+            raise
+        finally:
+            recorder.board.close()
+            recorder.tracker.close(status or "failed")
+        write_status(run_dir, status, trainer, signal=received.get("signal") if status == "interrupted" else None)
+        best = f"; best val loss {trainer.best_loss:.6g} at epoch {trainer.best_epoch}" if trainer.best_epoch else ""
+        log(f"{status}: {trainer.epoch}/{config.train.epochs} epochs, {trainer.step} steps{best}")
+        if status != "finished":
+            log(f"continue with: vaelab train --resume {run_dir}")
     return status
+
+
+@contextmanager
+def mirrored(run_dir: Path, config: Config, log):
+    """The run folder's copy on run.remote while training, synced a last time at the end; None without one."""
+    if not config.run.remote:
+        yield None
+        return
+    mirror = RunMirror(run_dir, config.run.remote, config.run.remote_options, log)
+    mirror.start()
+    try:
+        yield mirror
+    finally:
+        mirror.close()
 
 
 def follow_in(config: Config) -> str:
@@ -325,8 +351,10 @@ def stop_on_signals(trainer: Trainer, log):
 # --------------------------------------------------------------------------------------------
 
 
-def create_run_dir(root: Path, name: Optional[str], now: Optional[float] = None) -> Path:
-    """A new folder named by the start time; a counter is appended if that name is taken."""
+def create_run_dir(root: Path, name: Optional[str], now: Optional[float] = None,
+                   claim: Callable[[str], bool] = lambda folder_name: True) -> Path:
+    """A new folder named by the start time; a counter is appended if that name is taken here,
+    or refused by `claim` (the name on run.remote: `vaelab.mirror.claim_name`)."""
     if name is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", name):
         raise VaelabError(f"run.name: {name!r} must be a plain name of letters, digits, '.', '_' and '-'")
     base = time.strftime(STAMP, time.localtime(now)) + (f"_{name}" if name else "")
@@ -336,9 +364,11 @@ def create_run_dir(root: Path, name: Optional[str], now: Optional[float] = None)
             folder = Path(root) / (base if n == 1 else f"{base}-{n}")
             try:
                 folder.mkdir()  # atomic: two runs started in the same second get different folders
-                return folder
             except FileExistsError:
                 continue
+            if claim(folder.name):
+                return folder
+            folder.rmdir()
     except OSError as error:
         raise VaelabError(f"run.root: cannot create a run folder in {root} ({error.strerror}); choose another run.root") from None
     raise AssertionError("unreachable")
@@ -380,24 +410,39 @@ def resume_config(run_dir: Path, given: Optional[Config]) -> Config:
     return given
 
 
-def find_resumable(config: Config) -> Optional[Path]:
-    """The newest unfinished run under run.root with the same config that no process is training."""
-    root, wanted = Path(config.run.root), identity(config)
-    if not root.is_dir():
-        return None
+def find_resumable(config: Config, log=lambda message: print(message, file=sys.stderr)) -> Optional[Path]:
+    """The newest unfinished run with the same config that no process is training: under
+    run.root, or on run.remote (then fetched into run.root) when the newest is there only.
+    A remote run that says running may be trained on another machine: see `trained_elsewhere`."""
+    root, wanted, r = Path(config.run.root), identity(config), config.run
     found = []
-    for folder in root.iterdir():
+    for folder in root.iterdir() if root.is_dir() else ():
         status = read_json(folder / "run.json")
-        if not status or status.get("status") in NOT_RESUMABLE:
-            continue
-        try:
-            if identity(load_config(folder / "config.yaml")) != wanted:
-                continue
-        except VaelabError:
+        if not status or status.get("status") in NOT_RESUMABLE or not same_run(folder / "config.yaml", wanted):
             continue
         if not is_locked(folder):
-            found.append((status.get("created", 0.0), folder.name, folder))
-    return max(found)[2] if found else None
+            found.append((status.get("created", 0.0), folder.name, folder, status))
+    if r.remote:
+        here = {folder.name for folder in root.iterdir()} if root.is_dir() else set()
+        for name, status, config_text in remote_runs(r.remote, r.remote_options):
+            if name not in here and status.get("status") not in NOT_RESUMABLE and same_run(config_text, wanted):
+                found.append((status.get("created", 0.0), name, None, status))
+    for _, name, folder, status in sorted(found, key=lambda item: item[:2], reverse=True):
+        if folder is not None:
+            return folder
+        if not (maybe_alive(status) and trained_elsewhere(r.remote, r.remote_options, name, status, log)):
+            return download_run(r.remote, r.remote_options, name, root)
+    return None
+
+
+def same_run(config_source: Union[Path, str], wanted: dict) -> bool:
+    """Whether a saved config (a config.yaml path, or its text) is the run `wanted` describes."""
+    try:
+        if isinstance(config_source, Path):
+            return identity(load_config(config_source)) == wanted
+        return identity(config_from_text(config_source, "a run's config.yaml on run.remote")) == wanted
+    except VaelabError:
+        return False
 
 
 def lock_run(run_dir: Path):

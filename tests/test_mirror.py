@@ -1,0 +1,286 @@
+"""run.remote: the run folder's copy on object storage, and --resume from it.
+
+The S3 tests talk to a real S3 API (moto's server on loopback) through s3fs, the package a
+user installs with vaelab[s3]; the others use a file:// remote, which goes through the same
+fsspec code.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import torch
+
+from test_runs import UNTIMED, make_images, metrics, only_run, weights, write_config
+from vaelab import mirror as mirror_module
+from vaelab.cli import main
+from vaelab.config import load_config
+from vaelab.errors import VaelabError
+from vaelab.mirror import HEARTBEAT, MANIFEST, RunMirror, check_remote, claim_name, local_files, open_remote
+from vaelab.runs import find_resumable, train_command, train_run
+from vaelab.train import Trainer
+
+# Fail fast against a store that is down: botocore would otherwise retry for about 30 s.
+FAST_FAIL = {"config_kwargs": {"retries": {"max_attempts": 1}, "connect_timeout": 2}}
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint():
+    from moto.server import ThreadedMotoServer
+
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
+                           "AWS_DEFAULT_REGION": "us-east-1"}.items():
+            patch.setenv(key, value)
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        server.start()
+        host, port = server.get_host_and_port()
+        yield f"http://{host}:{port}"
+        server.stop()
+
+
+@pytest.fixture
+def bucket(s3_endpoint):
+    """A fresh bucket per test: (s3 URL of its runs/ prefix, run.remote_options)."""
+    options = {"endpoint_url": s3_endpoint, **FAST_FAIL}
+    fs, _ = open_remote("s3://x", options)
+    name = f"test-{uuid.uuid4().hex[:16]}"
+    fs.mkdir(name)
+    return f"s3://{name}/runs", options
+
+
+def remote_files(url: str, options: dict) -> dict[str, bytes]:
+    fs, root = open_remote(url, options)
+    return {path[len(root) + 1:]: fs.cat_file(path) for path in fs.find(root)}
+
+
+def options_yaml(options: dict) -> str:
+    return json.dumps(options)  # JSON is YAML: one --set value
+
+
+# --------------------------------------------------------------------------------------------
+# RunMirror on a folder
+# --------------------------------------------------------------------------------------------
+
+
+def make_run_folder(folder: Path) -> Path:
+    (folder / "checkpoints").mkdir(parents=True)
+    (folder / "config.yaml").write_text("train: {epochs: 1}\n")
+    (folder / "metrics.jsonl").write_text('{"epoch": 1}\n')
+    (folder / "run.json").write_text('{"status": "running"}\n')
+    (folder / "checkpoints" / "last.pt").write_bytes(b"weights-1")
+    (folder / "checkpoints" / "epoch-0001.pt").write_bytes(b"weights-1")
+    (folder / ".lock").write_text("")
+    (folder / "checkpoints" / ".last.pt.tmp-123").write_bytes(b"half a checkpoint")
+    return folder
+
+
+def test_sync_copies_changes_deletes_what_the_run_deleted_and_keeps_dot_files_local(tmp_path, monkeypatch):
+    run_dir = make_run_folder(tmp_path / "runs" / "2026-01-01_00h00m00s")
+    url = (tmp_path / "remote").as_uri()
+    log = []
+    mirror = RunMirror(run_dir, url, None, log.append)
+    assert mirror.sync()
+    remote = tmp_path / "remote" / run_dir.name
+    assert sorted(p.relative_to(remote).as_posix() for p in remote.rglob("*") if p.is_file()) == sorted([
+        "checkpoints/epoch-0001.pt", "checkpoints/last.pt", "config.yaml", HEARTBEAT, "metrics.jsonl", "run.json"])
+
+    with open(run_dir / "metrics.jsonl", "a") as file:
+        file.write('{"epoch": 2}\n')
+    (run_dir / "checkpoints" / "last.pt").write_bytes(b"weights-2")
+    (run_dir / "checkpoints" / "epoch-0001.pt").unlink()  # retention pruned it
+    assert mirror.sync()
+    assert (remote / "metrics.jsonl").read_text() == '{"epoch": 1}\n{"epoch": 2}\n'
+    assert (remote / "checkpoints" / "last.pt").read_bytes() == b"weights-2"
+    assert not (remote / "checkpoints" / "epoch-0001.pt").exists()
+    assert not list(remote.rglob(".*")) and not list(remote.rglob("*.partial"))
+    assert log == []
+
+    # A later process on the same folder (a resume) uploads only what changed since.
+    uploads = []
+    again = RunMirror(run_dir, url, None, log.append)
+    put = again.fs.put_file
+    monkeypatch.setattr(again.fs, "put_file",
+                        lambda local, target, **kw: (uploads.append(Path(local).name), put(local, target, **kw)))
+    (run_dir / "run.json").write_text('{"status": "finished"}\n')
+    assert again.sync()
+    assert uploads == ["run.json"]
+
+
+def test_records_go_up_before_checkpoints_and_run_json_last(tmp_path, monkeypatch):
+    """A copy cut short never has a checkpoint newer than its metrics (a resume trims metrics past it)."""
+    run_dir = make_run_folder(tmp_path / "run")
+    (run_dir / "reconstructions").mkdir()
+    (run_dir / "reconstructions" / "epoch-0001.png").write_bytes(b"png")
+    mirror = RunMirror(run_dir, (tmp_path / "remote").as_uri(), None, print)
+    order = []
+    put = mirror.fs.put_file
+    monkeypatch.setattr(mirror.fs, "put_file", lambda local, target, **kw: (
+        order.append(Path(local).relative_to(run_dir).as_posix()), put(local, target, **kw)))
+    mirror.sync()
+    assert order == ["config.yaml", "metrics.jsonl", "reconstructions/epoch-0001.png",
+                     "checkpoints/epoch-0001.pt", "checkpoints/last.pt", "run.json"]
+
+
+def test_a_failing_store_warns_once_training_goes_on_and_it_catches_up(tmp_path, monkeypatch):
+    run_dir = make_run_folder(tmp_path / "run")
+    log = []
+    mirror = RunMirror(run_dir, (tmp_path / "remote").as_uri(), None, log.append)
+    put = mirror.fs.put_file
+    down = [True]
+
+    def flaky_put(local, target, **kw):
+        if down[0]:
+            raise ConnectionError("connection reset by peer")
+        return put(local, target, **kw)
+
+    monkeypatch.setattr(mirror.fs, "put_file", flaky_put)  # the fs instance is fsspec's shared one
+    assert not mirror.sync() and not mirror.sync()
+    assert len(log) == 1 and "connection reset by peer" in log[0] and "training goes on" in log[0]
+    down[0] = False
+    assert mirror.sync()
+    assert "works again" in log[-1]
+    assert (tmp_path / "remote" / "run" / "checkpoints" / "last.pt").read_bytes() == b"weights-1"
+    assert set(json.loads((run_dir / MANIFEST).read_text())) == set(local_files(run_dir))
+
+
+@pytest.mark.parametrize("url, says", [
+    ("runs-backup", "is not a URL"),
+    ("nosuch://bucket/runs", "nosuch:// is not a storage that fsspec knows"),
+])
+def test_a_remote_that_cannot_work_is_named_in_one_line(url, says):
+    with pytest.raises(VaelabError, match="^run.remote: ") as error:
+        check_remote(url)
+    assert says in str(error.value) and "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("where, says, status", [
+    ("down", "Could not connect to the endpoint URL", 75),  # the scheduler may retry later
+    ("no-bucket", "The specified bucket does not exist", 2),  # a retry cannot help
+])
+def test_a_store_that_cannot_be_written_stops_the_run_before_it_gets_a_folder(tmp_path, s3_endpoint, capsys,
+                                                                               where, says, status):
+    images = make_images(tmp_path / "images")
+    config_path = write_config(tmp_path, images, tmp_path / "runs")
+    endpoint = "http://127.0.0.1:9" if where == "down" else s3_endpoint
+    with pytest.raises(SystemExit) as exit:
+        main(["train", "-c", str(config_path), "--set", "run.remote=s3://no-such-bucket/runs",
+              "--set", f"run.remote_options={options_yaml({'endpoint_url': endpoint, **FAST_FAIL})}"])
+    assert exit.value.code == status
+    message = capsys.readouterr().err.strip()
+    assert message.startswith("error: run.remote: cannot write to s3://no-such-bucket/runs (") and says in message
+    assert "\n" not in message and "Traceback" not in message
+    assert not (tmp_path / "runs").exists()
+
+
+def test_resume_from_a_url_without_a_run_says_so(tmp_path, bucket):
+    url, options = bucket
+    config_path = write_config(tmp_path, make_images(tmp_path / "images"), tmp_path / "runs")
+    with pytest.raises(VaelabError, match=f"^--resume {url}/2020-01-01_00h00m00s: no run folder there"):
+        train_command(config_path, [f"run.remote_options={options_yaml(options)}"],
+                      resume=f"{url}/2020-01-01_00h00m00s")
+    assert not (tmp_path / "runs" / "2020-01-01_00h00m00s").exists()
+
+
+def test_two_machines_starting_the_same_second_get_different_names(tmp_path, monkeypatch):
+    monkeypatch.setattr(mirror_module, "CLAIM_SETTLE_S", 0.0)
+    url = (tmp_path / "remote").as_uri()
+    assert claim_name(url, None, "2026-01-01_00h00m00s")
+    assert not claim_name(url, None, "2026-01-01_00h00m00s")  # the other machine's, already there
+    from vaelab.runs import create_run_dir
+    first = create_run_dir(tmp_path / "a", None, now=0, claim=lambda name: claim_name(url, None, name))
+    second = create_run_dir(tmp_path / "b", None, now=0, claim=lambda name: claim_name(url, None, name))
+    assert first.name != second.name and second.name == first.name + "-2"
+    assert not (tmp_path / "b" / first.name).exists()  # the refused name's empty folder is gone
+
+
+# --------------------------------------------------------------------------------------------
+# a preempted pod without a persistent disk, on S3
+# --------------------------------------------------------------------------------------------
+
+
+def stop_at_step(monkeypatch, at: int) -> None:
+    """What SIGTERM does (runs.stop_on_signals), at a chosen step: finish it, save, stop."""
+    step = Trainer.train_step
+
+    def stopping_step(self, batch):
+        result = step(self, batch)
+        if self.step + 1 == at:
+            self.stop_requested = True
+        return result
+
+    monkeypatch.setattr(Trainer, "train_step", stopping_step)
+
+
+@pytest.mark.parametrize("resume", ["auto", "url"])
+def test_a_pod_without_disk_resumes_from_s3_exactly(tmp_path, monkeypatch, bucket, resume):
+    url, options = bucket
+    images = make_images(tmp_path / "images")
+    config_path = write_config(tmp_path, images, tmp_path / "runs")
+    overrides = [f"run.remote={url}", f"run.remote_options={options_yaml(options)}"]
+    (tmp_path / "ref").mkdir()
+    reference = train_run(load_config(write_config(tmp_path / "ref", images, tmp_path / "ref" / "runs")))
+
+    with monkeypatch.context() as patch:
+        stop_at_step(patch, 10)
+        first = train_run(load_config(config_path, overrides))
+    assert json.loads((first / "run.json").read_text())["status"] == "interrupted"
+    on_s3 = remote_files(url, options)
+    assert json.loads(on_s3[f"{first.name}/run.json"])["status"] == "interrupted"
+    assert f"{first.name}/checkpoints/last.pt" in on_s3
+
+    shutil.rmtree(tmp_path / "runs")  # the pod is gone, and its disk with it
+    if resume == "auto":
+        resumed = train_run(load_config(config_path, overrides), resume="auto")
+    else:
+        resumed = train_command(config_path, overrides, resume=f"{url}/{first.name}")
+    assert resumed == tmp_path / "runs" / first.name == only_run(tmp_path / "runs")
+    assert "resumed at epoch 2" in (resumed / "log.txt").read_text()
+
+    assert [UNTIMED(r) for r in metrics(resumed)] == [UNTIMED(r) for r in metrics(reference)]
+    for name in ("last.pt", "best.pt", "last-epoch.pt"):
+        ours, theirs = weights(resumed, name), weights(reference, name)
+        assert all(torch.equal(ours[k], theirs[k]) for k in theirs), name
+
+    # The remote now mirrors the finished local folder, file for file.
+    on_s3 = remote_files(url, options)
+    local = {p.relative_to(resumed).as_posix(): p.read_bytes() for p in resumed.rglob("*")
+             if p.is_file() and not any(part.startswith(".") for part in p.relative_to(resumed).parts)}
+    assert {k.split("/", 1)[1]: v for k, v in on_s3.items() if k.split("/", 1)[1] != HEARTBEAT} == local
+    assert json.loads(on_s3[f"{first.name}/run.json"])["status"] == "finished"
+
+
+def test_auto_resume_leaves_a_run_alone_that_another_machine_trains(tmp_path, monkeypatch, bucket):
+    url, options = bucket
+    monkeypatch.setattr(mirror_module, "ALIVE_WITHIN_S", 1.5)
+    images = make_images(tmp_path / "images")
+    config = load_config(write_config(tmp_path, images, tmp_path / "runs"),
+                         [f"run.remote={url}", f"run.remote_options={options_yaml(options)}"])
+    fs, root = open_remote(url, options)
+    name = "2026-01-01_00h00m00s"
+    fs.pipe_file(f"{root}/{name}/config.yaml", config.to_yaml().encode())
+    fs.pipe_file(f"{root}/{name}/run.json", json.dumps({"status": "running", "created": 1.0}).encode())
+
+    def beat(at: float) -> None:
+        fs.pipe_file(f"{root}/{name}/{HEARTBEAT}", json.dumps({"host": "other", "pid": 1, "time": at}).encode())
+
+    # Its machine is alive: the heartbeat moves on while we wait, so we start no copy of it.
+    beat(time.time())
+    real_sleep = time.sleep
+    monkeypatch.setattr(mirror_module.time, "sleep", lambda s: (real_sleep(s), beat(time.time())))
+    log = []
+    assert find_resumable(config, log.append) is None
+    assert "waiting up to" in log[0] and not (tmp_path / "runs" / name).exists()
+
+    # Its machine was SIGKILLed: the heartbeat stops, and after ALIVE_WITHIN_S the run is ours.
+    monkeypatch.setattr(mirror_module.time, "sleep", real_sleep)
+    beat(time.time())
+    started = time.monotonic()
+    assert find_resumable(config, log.append) == tmp_path / "runs" / name
+    assert 0.5 < time.monotonic() - started < 10
+    assert json.loads((tmp_path / "runs" / name / "run.json").read_text())["status"] == "running"
