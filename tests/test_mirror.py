@@ -8,6 +8,7 @@ fsspec code.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 import uuid
@@ -100,6 +101,18 @@ def test_sync_copies_changes_deletes_what_the_run_deleted_and_keeps_dot_files_lo
     assert not (remote / "checkpoints" / "epoch-0001.pt").exists()
     assert not list(remote.rglob(".*")) and not list(remote.rglob("*.partial"))
     assert log == []
+
+    # A hard link (best.pt is often last.pt) is copied inside the store, not sent twice.
+    (run_dir / "checkpoints" / "last.pt").write_bytes(b"weights-3")
+    os.link(run_dir / "checkpoints" / "last.pt", run_dir / "checkpoints" / "best.pt")
+    sent, copied = [], []
+    put, copy = mirror.fs.put_file, mirror.fs.copy
+    monkeypatch.setattr(mirror.fs, "put_file", lambda local, target, **kw: (sent.append(target), put(local, target, **kw)))
+    monkeypatch.setattr(mirror.fs, "copy", lambda source, target, **kw: (copied.append(target), copy(source, target, **kw)))
+    assert mirror.sync()
+    assert [Path(p).name for p in sent] == ["best.pt.partial"] and [Path(p).name for p in copied] == ["last.pt.partial"]
+    assert (remote / "checkpoints" / "last.pt").read_bytes() == (remote / "checkpoints" / "best.pt").read_bytes() == b"weights-3"
+    monkeypatch.undo()
 
     # A later process on the same folder (a resume) uploads only what changed since.
     uploads = []
@@ -284,3 +297,23 @@ def test_auto_resume_leaves_a_run_alone_that_another_machine_trains(tmp_path, mo
     assert find_resumable(config, log.append) == tmp_path / "runs" / name
     assert 0.5 < time.monotonic() - started < 10
     assert json.loads((tmp_path / "runs" / name / "run.json").read_text())["status"] == "running"
+
+
+def test_with_a_remote_tensorboard_writes_a_file_per_epoch_that_reads_as_one_run(tmp_path, monkeypatch):
+    """A store has no append: one growing events file would be sent whole again every epoch."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    monkeypatch.setattr(mirror_module, "CLAIM_SETTLE_S", 0.0)
+    images = make_images(tmp_path / "images")
+    remote = tmp_path / "remote"
+    run_dir = train_run(load_config(write_config(tmp_path, images, tmp_path / "runs"),
+                                    ["run.tensorboard=true", f"run.remote={remote.as_uri()}"]))
+    events = sorted((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    assert len(events) >= 3  # 3 epochs
+    board = EventAccumulator(str(run_dir / "tensorboard"))
+    board.Reload()
+    assert [e.step for e in board.Scalars("val_loss")] == [1, 2, 3]
+    assert [e.step for e in board.Images("reconstructions")] == [1, 2, 3]
+    assert [m["val_loss"] for m in metrics(run_dir)] == pytest.approx([e.value for e in board.Scalars("val_loss")])
+    for path in events:
+        assert (remote / run_dir.name / "tensorboard" / path.name).read_bytes() == path.read_bytes()

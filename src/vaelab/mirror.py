@@ -100,8 +100,8 @@ def one_line(error: BaseException) -> str:
     return text.splitlines()[0][:200] if text else type(error).__name__
 
 
-def local_files(run_dir: Path) -> dict[str, tuple[int, int]]:
-    """relative path -> (size, mtime_ns) of the files to mirror: all but dot files and folders."""
+def local_files(run_dir: Path) -> dict[str, tuple[int, int, int]]:
+    """relative path -> (size, mtime_ns, inode) of the files to mirror: all but dot files and folders."""
     found = {}
     for folder, subfolders, names in os.walk(run_dir):
         subfolders[:] = [s for s in subfolders if not s.startswith(".")]
@@ -113,7 +113,7 @@ def local_files(run_dir: Path) -> dict[str, tuple[int, int]]:
                 stat = path.stat()
             except FileNotFoundError:  # deleted (a pruned checkpoint) while we looked
                 continue
-            found[path.relative_to(run_dir).as_posix()] = (stat.st_size, stat.st_mtime_ns)
+            found[path.relative_to(run_dir).as_posix()] = (stat.st_size, stat.st_mtime_ns, stat.st_ino)
     return found
 
 
@@ -134,7 +134,7 @@ class RunMirror:
         self.fs, root = open_remote(url, options)
         self.remote = f"{root}/{self.run_dir.name}"
         self.url = f"{url.rstrip('/')}/{self.run_dir.name}"
-        self.uploaded: dict[str, tuple[int, int]] = {
+        self.uploaded: dict[str, tuple[int, int, int]] = {
             k: tuple(v) for k, v in (read_json(self.run_dir / MANIFEST) or {}).items()}
         self.failing = False
         self._wake = threading.Event()
@@ -189,9 +189,21 @@ class RunMirror:
     def _sync(self) -> None:
         self._beat()  # also before: a long upload must not make the run look abandoned
         files = local_files(self.run_dir)
-        changed = sorted((k for k, v in files.items() if self.uploaded.get(k) != v), key=upload_order)
-        for relative in changed:
-            self._upload(relative, files[relative])
+        changed = [k for k, v in files.items() if self.uploaded.get(k) != v]
+        # Hard links (best.pt, last-epoch.pt and a numbered checkpoint are often last.pt's inode)
+        # are copied inside the store from the first one sent, not sent again.
+        sent: dict[int, str] = {}
+        for tier in sorted({upload_order(k)[0] for k in changed}):
+            group = sorted(k for k in changed if upload_order(k)[0] == tier)
+            copies = [(sent[files[k][2]], k) for k in group if files[k][2] in sent]
+            firsts = [k for k in group if files[k][2] not in sent]
+            for k in firsts:
+                sent.setdefault(files[k][2], f"{self.remote}/{k}")
+            self._send(firsts)
+            for source, relative in copies:
+                self._write(lambda path, source=source: self.fs.copy(source, path), relative)
+            # The stats from before the upload: a file that grew meanwhile differs, and goes up again next time.
+            self.uploaded.update((k, files[k]) for k in group)
         for relative in sorted(set(self.uploaded) - set(files)):
             try:
                 self.fs.rm_file(f"{self.remote}/{relative}")
@@ -206,21 +218,24 @@ class RunMirror:
         heartbeat = {"host": socket.gethostname(), "pid": os.getpid(), "time": time.time()}
         self.fs.pipe_file(f"{self.remote}/{HEARTBEAT}", json.dumps(heartbeat).encode())
 
-    def _upload(self, relative: str, stat: tuple[int, int]) -> None:
-        local, target = self.run_dir / relative, f"{self.remote}/{relative}"
-        try:
-            if is_local(self.fs):  # a plain folder has no atomic put: copy beside, then rename
-                partial = f"{target}.partial"
-                self.fs.put_file(str(local), partial)
-                self.fs.mv(partial, target)
-            else:  # an object store's put replaces the object whole
-                self.fs.put_file(str(local), target)
-        except FileNotFoundError:
-            if local.exists():
-                raise
-            return  # deleted since we listed it: the next sync deletes it on the remote too
-        # The stat from before the upload: a file that grew meanwhile differs and goes up again next time.
-        self.uploaded[relative] = stat
+    def _send(self, relatives: list[str]) -> None:
+        # A file deleted since the listing (a pruned checkpoint) is deleted on the remote next time.
+        relatives = [k for k in relatives if (self.run_dir / k).exists()]
+        if not relatives:
+            return
+        if is_local(self.fs):
+            for k in relatives:
+                self._write(lambda path, k=k: self.fs.put_file(str(self.run_dir / k), path), k)
+        else:  # one call for many files: the store's client sends them concurrently
+            self.fs.put([str(self.run_dir / k) for k in relatives], [f"{self.remote}/{k}" for k in relatives])
+
+    def _write(self, write: Callable[[str], None], relative: str) -> None:
+        target = f"{self.remote}/{relative}"
+        if is_local(self.fs):  # a plain folder has no atomic write: write beside, then rename
+            write(f"{target}.partial")
+            self.fs.mv(f"{target}.partial", target)
+        else:  # an object store's put or copy replaces the object whole
+            write(target)
 
 
 def is_local(fs) -> bool:

@@ -31,7 +31,7 @@ class Recorder:
 
     def __init__(self, run_dir: Path, config: Config, checkpoints: CheckpointFolder, log, images: Optional[Batch]):
         self.run_dir, self.config, self.checkpoints, self.log, self.images = run_dir, config, checkpoints, log, images
-        self.board = Board(run_dir / "tensorboard", config.run.tensorboard, log)
+        self.board = Board(run_dir / "tensorboard", config.run.tensorboard, log, file_per_epoch=bool(config.run.remote))
         self.tracker = Tracker(run_dir, config.run, log)
         self.last_save = time.monotonic()
         self.mirror: Optional[RunMirror] = None  # the copy on run.remote, synced after each checkpoint
@@ -128,10 +128,16 @@ def epoch_line(record: dict, epochs: int) -> str:
 
 
 class Board:
-    """TensorBoard events, when `torch.utils.tensorboard` can be imported; else a one-line note."""
+    """TensorBoard events, when `torch.utils.tensorboard` can be imported; else a one-line note.
 
-    def __init__(self, folder: Path, enabled: bool, log):
+    file_per_epoch: each epoch's events in a file of their own, closed after the epoch. An object
+    store has no append, so the copy on run.remote re-sends a growing file whole every sync; with
+    the image grids of a 640 px run that is megabytes per epoch, sent again each epoch. TensorBoard
+    reads all the files of the folder as one run."""
+
+    def __init__(self, folder: Path, enabled: bool, log, file_per_epoch: bool = False):
         self.folder, self.enabled, self.log, self.writer = folder, enabled, log, None
+        self.file_per_epoch = file_per_epoch
 
     def open(self, purge_step: Optional[int]) -> None:
         if not self.enabled:
@@ -143,6 +149,7 @@ class Board:
             return
         # purge_step hides events a killed process wrote past the checkpoint being resumed.
         self.writer = SummaryWriter(str(self.folder), purge_step=purge_step)
+        self._new_writer = lambda: SummaryWriter(str(self.folder))
 
     def epoch(self, record: dict, recon: Optional[np.ndarray], samples: Optional[np.ndarray]) -> None:
         if self.writer is None:
@@ -155,6 +162,9 @@ class Board:
             if grid is not None:
                 self.writer.add_image(name, grid, epoch, dataformats="HWC")
         self.writer.flush()
+        if self.file_per_epoch:
+            self.writer.close()
+            self.writer = self._new_writer()
 
     def close(self) -> None:
         if self.writer is not None:
