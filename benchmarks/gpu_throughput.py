@@ -224,6 +224,30 @@ def measure(config: Config, loader: ImageLoader, setup: Optional[tuple], warmup:
             "gpu_util_pct": utilisation.result(), "skipped_steps": skipped}
 
 
+def end_children() -> None:
+    """Kill this process's descendants (torch.compile's worker pool, decoding workers): by pid, from /proc."""
+    try:
+        parents: dict[int, list[int]] = {}
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+        todo, found = [os.getpid()], []
+        while todo:
+            for child in parents.get(todo.pop(), []):
+                found.append(child)
+                todo.append(child)
+        for pid in found:
+            try:
+                os.kill(pid, 9)
+            except OSError:
+                pass
+    except OSError:
+        pass
+
+
 class LoaderBroken(Exception):
     """The loader of this (size, batch) could not be built; the message says why."""
 
@@ -393,6 +417,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     def watchdog() -> None:
         if report.finish(f"hard limit of {hard_limit:g} s reached"):
             sys.stderr.flush()
+            end_children()  # compile workers would hold the session's output pipe open
             os._exit(3)
 
     timer = threading.Timer(max(0.0, hard_limit - (time.monotonic() - started)), watchdog)
