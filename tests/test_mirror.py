@@ -23,7 +23,8 @@ from vaelab.cli import main
 from vaelab.config import load_config
 from vaelab.errors import VaelabError
 from vaelab.mirror import HEARTBEAT, MANIFEST, RunMirror, check_remote, claim_name, local_files, open_remote
-from vaelab.runs import find_resumable, train_command, train_run
+from vaelab.run_folders import create_run_dir, find_resumable
+from vaelab.runs import train_command, train_run
 from vaelab.train import Trainer
 
 # Fail fast against a store that is down: botocore would otherwise retry for about 30 s.
@@ -205,7 +206,6 @@ def test_two_machines_starting_the_same_second_get_different_names(tmp_path, mon
     url = (tmp_path / "remote").as_uri()
     assert claim_name(url, None, "2026-01-01_00h00m00s")
     assert not claim_name(url, None, "2026-01-01_00h00m00s")  # the other machine's, already there
-    from vaelab.runs import create_run_dir
     first = create_run_dir(tmp_path / "a", None, now=0, claim=lambda name: claim_name(url, None, name))
     second = create_run_dir(tmp_path / "b", None, now=0, claim=lambda name: claim_name(url, None, name))
     assert first.name != second.name and second.name == first.name + "-2"

@@ -22,7 +22,8 @@ from PIL import Image
 from vaelab.checkpoints import load_state
 from vaelab.config import load_config
 from vaelab.errors import VaelabError
-from vaelab.runs import create_run_dir, find_resumable, load_run, train_run
+from vaelab.run_folders import create_run_dir, find_resumable
+from vaelab.runs import load_run, train_run
 
 METRIC_KEYS = {"epoch", "step", "time_s", "train_loss", "train_recon", "train_kl", "val_loss", "val_recon",
                "val_kl", "val_mse", "val_psnr", "lr", "skipped_steps", "rss_mb"}
@@ -246,7 +247,7 @@ def test_resume_refuses_a_different_config(setup):
 
 
 def test_a_run_being_trained_is_locked(setup):
-    from vaelab.runs import lock_run
+    from vaelab.run_folders import lock_run
 
     tmp_path, _, config_path = setup
     run_dir = fake_run(tmp_path / "runs", load_config(config_path), "running", 1.0, "busy")

@@ -34,7 +34,7 @@ from vaelab.experiments.compare import number, read_metrics
 from vaelab.experiments.labels import format_value
 from vaelab.experiments.stats import format_number
 from vaelab.files import read_json, write_json, write_text
-from vaelab.runs import RESUME_MAY_CHANGE, flat, identity, is_locked
+from vaelab.run_folders import RESUME_MAY_CHANGE, flat, identity, is_locked
 
 if TYPE_CHECKING:
     from vaelab.experiments.sweep import Pair, Plan

@@ -49,7 +49,8 @@ from vaelab.errors import VaelabError
 from vaelab.experiments.journal import (Found, SweepState, build_journal, journal_groups, match_key, pair_state,
                                         print_journal, scan_runs, survey, write_journal)
 from vaelab.files import write_text
-from vaelab.runs import flat, lock_run, train_run
+from vaelab.run_folders import flat, lock_run
+from vaelab.runs import train_run
 
 PLAN_KEYS = ("name", "root", "baseline", "seeds", "set", "search", "variants")
 VARIANT_KEYS = ("name", "set", "hypothesis")
