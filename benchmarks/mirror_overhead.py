@@ -87,10 +87,10 @@ def run_once(root: Path, overrides: list[str], remote: bool, endpoint: str, serv
     closing, syncs = {}, []
     close, sync = mirror.RunMirror.close, mirror.RunMirror.sync
 
-    def timed_close(self, timeout=600.0):  # the final sync, which a stopping job waits for
+    def timed_close(self):  # the final sync, which a stopping job waits for
         start = time.perf_counter()
         try:
-            return close(self, timeout)
+            return close(self)
         finally:
             closing["s"] = time.perf_counter() - start
 

@@ -117,13 +117,13 @@ def local_files(run_dir: Path) -> dict[str, tuple[int, int, int]]:
     return found
 
 
-def upload_order(relative: str) -> tuple[int, str]:
-    """Records first, then checkpoints (last.pt last of them), run.json last of all."""
+def upload_tier(relative: str) -> int:
+    """Records first (0), then checkpoints (1), last.pt (2), run.json last of all (3)."""
     if relative == "run.json":
-        return 3, relative
+        return 3
     if relative == "checkpoints/last.pt":
-        return 2, relative
-    return (1 if relative.startswith("checkpoints/") else 0), relative
+        return 2
+    return 1 if relative.startswith("checkpoints/") else 0
 
 
 class RunMirror:
@@ -151,12 +151,13 @@ class RunMirror:
         """Sync soon (after a checkpoint); returns at once."""
         self._wake.set()
 
-    def close(self, timeout: float = 600.0) -> bool:
-        """Stop the thread and sync a last time; True when the remote then holds the whole folder."""
+    def close(self) -> bool:
+        """Stop the thread and sync a last time; True when the remote then holds the whole folder.
+        A store that hangs is bounded by its client's own timeouts (botocore: 60 s per request)."""
         self._closing = True
         self._wake.set()
         if self._thread is not None:
-            self._thread.join(timeout)
+            self._thread.join()
         done = self.sync()
         if not done:
             self.log(f"run.remote: {self.url} is behind the local run folder {self.run_dir}; the next resume "
@@ -193,12 +194,16 @@ class RunMirror:
         # Hard links (best.pt, last-epoch.pt and a numbered checkpoint are often last.pt's inode)
         # are copied inside the store from the first one sent, not sent again.
         sent: dict[int, str] = {}
-        for tier in sorted({upload_order(k)[0] for k in changed}):
-            group = sorted(k for k in changed if upload_order(k)[0] == tier)
-            copies = [(sent[files[k][2]], k) for k in group if files[k][2] in sent]
-            firsts = [k for k in group if files[k][2] not in sent]
-            for k in firsts:
-                sent.setdefault(files[k][2], f"{self.remote}/{k}")
+        for tier in sorted({upload_tier(k) for k in changed}):
+            group = sorted(k for k in changed if upload_tier(k) == tier)
+            firsts, copies = [], []
+            for k in group:
+                inode = files[k][2]
+                if inode in sent:
+                    copies.append((sent[inode], k))
+                else:
+                    sent[inode] = f"{self.remote}/{k}"
+                    firsts.append(k)
             self._send(firsts)
             for source, relative in copies:
                 self._write(lambda path, source=source: self.fs.copy(source, path), relative)
