@@ -317,3 +317,39 @@ def test_with_a_remote_tensorboard_writes_a_file_per_epoch_that_reads_as_one_run
     assert [m["val_loss"] for m in metrics(run_dir)] == pytest.approx([e.value for e in board.Scalars("val_loss")])
     for path in events:
         assert (remote / run_dir.name / "tensorboard" / path.name).read_bytes() == path.read_bytes()
+
+
+def test_a_download_cut_short_is_neither_a_run_nor_in_the_way(tmp_path, bucket, monkeypatch):
+    url, options = bucket
+    monkeypatch.setattr(mirror_module, "CLAIM_SETTLE_S", 0.0)
+    images = make_images(tmp_path / "images")
+    config = load_config(write_config(tmp_path, images, tmp_path / "runs"),
+                         [f"run.remote={url}", f"run.remote_options={options_yaml(options)}", "train.epochs=1"])
+    stop_at_step(monkeypatch, 2)
+    first = train_run(config)
+    shutil.rmtree(tmp_path / "runs")
+
+    fs, _ = open_remote(url, options)
+    get = fs.get_file
+    calls = []
+
+    def dying_get(source, target, **kw):  # the pod dies in the middle of the download
+        calls.append(source)
+        if len(calls) == 3:
+            raise ConnectionError("connection reset by peer")
+        return get(source, target, **kw)
+
+    monkeypatch.setattr(fs, "get_file", dying_get)
+    with pytest.raises(VaelabError, match="cannot download") as error:
+        find_resumable(config)
+    assert error.value.exit_status == 75  # try again later
+    assert not (tmp_path / "runs" / first.name).exists()
+    monkeypatch.undo()
+    # A download SIGKILLed midway leaves its hidden partial folder, which holds a run.json and config.yaml.
+    partial = tmp_path / "runs" / f".{first.name}.download"
+    partial.mkdir(parents=True)
+    for name in ("run.json", "config.yaml"):
+        fs.get_file(f"{open_remote(url, options)[1]}/{first.name}/{name}", str(partial / name))
+    assert find_resumable(config) == tmp_path / "runs" / first.name  # the next attempt fetches it whole
+    assert not partial.exists()
+    assert (tmp_path / "runs" / first.name / "checkpoints" / "last.pt").is_file()

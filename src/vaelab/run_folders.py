@@ -94,6 +94,8 @@ def find_resumable(config: Config, log=lambda message: print(message, file=sys.s
     root, wanted, r = Path(config.run.root), identity(config), config.run
     found = []
     for folder in root.iterdir() if root.is_dir() else ():
+        if folder.name.startswith("."):  # a download in progress (`vaelab.mirror.download_run`)
+            continue
         status = read_json(folder / "run.json")
         if not status or status.get("status") in NOT_RESUMABLE or not same_run(folder / "config.yaml", wanted):
             continue
