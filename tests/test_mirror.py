@@ -11,12 +11,12 @@ import json
 import os
 import shutil
 import time
-import uuid
 from pathlib import Path
 
 import pytest
 import torch
 
+from conftest import FAST_FAIL
 from test_runs import UNTIMED, make_images, metrics, only_run, weights, write_config
 from vaelab import mirror as mirror_module
 from vaelab.cli import main
@@ -27,33 +27,6 @@ from vaelab.run_folders import create_run_dir, find_resumable
 from vaelab.runs import train_command, train_run
 from vaelab.train import Trainer
 
-# Fail fast against a store that is down: botocore would otherwise retry for about 30 s.
-FAST_FAIL = {"config_kwargs": {"retries": {"max_attempts": 1}, "connect_timeout": 2}}
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint():
-    from moto.server import ThreadedMotoServer
-
-    with pytest.MonkeyPatch.context() as patch:
-        for key, value in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
-                           "AWS_DEFAULT_REGION": "us-east-1"}.items():
-            patch.setenv(key, value)
-        server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-        server.start()
-        host, port = server.get_host_and_port()
-        yield f"http://{host}:{port}"
-        server.stop()
-
-
-@pytest.fixture
-def bucket(s3_endpoint):
-    """A fresh bucket per test: (s3 URL of its runs/ prefix, run.remote_options)."""
-    options = {"endpoint_url": s3_endpoint, **FAST_FAIL}
-    fs, _ = open_remote("s3://x", options)
-    name = f"test-{uuid.uuid4().hex[:16]}"
-    fs.mkdir(name)
-    return f"s3://{name}/runs", options
 
 
 def remote_files(url: str, options: dict) -> dict[str, bytes]:

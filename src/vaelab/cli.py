@@ -28,6 +28,22 @@ SET_OPTION = click.option(
 )
 
 
+class RunDirType(click.ParamType):
+    """A run folder, or its URL on object storage (s3://bucket/runs/NAME): fetched into the cache."""
+
+    name = "run_dir"
+
+    def convert(self, value, param, ctx) -> Path:
+        from vaelab.fetch import fetch_run, is_url
+
+        if not is_url(value):
+            return Path(value)
+        return fetch_run(str(value), Config().data.resolved_cache_dir() / "remote-runs")
+
+
+RUN_DIR = RunDirType()
+
+
 def _config(config_path: Optional[Path], overrides: tuple[str, ...]) -> Config:
     return load_config(config_path, overrides)
 
@@ -224,7 +240,7 @@ def train(config_path: Optional[Path], overrides: tuple[str, ...], resume: Optio
 
 
 @cli.command("compare")
-@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("run_dirs", nargs=-1, required=True, type=RUN_DIR)
 @click.option("--threshold", "thresholds", multiple=True, metavar="KEY=VALUE",
               help="First epoch and wall time at which KEY crosses VALUE, e.g. val_recon=1e5 (losses: <=, "
                    "psnr/ssim: >=; write KEY<=VALUE or KEY>=VALUE to choose). Repeatable.")
@@ -243,6 +259,9 @@ def compare(run_dirs: tuple[Path, ...], thresholds: tuple[str, ...], out: Option
     Each run is labelled by how its config differs from the others' (e.g. train.lr=1e-4).
     Runs that differ only by train.seed form a group, shown as mean and 95% CI, and each
     group is tested against the baseline group (Welch's t-test) at --at-epoch.
+
+    A run folder may be a URL on object storage (s3://bucket/runs/NAME, as run.remote writes
+    them; credentials and AWS_ENDPOINT_URL from the environment), fetched into the cache.
     """
     from vaelab.experiments.compare import compare_command
 
@@ -318,7 +337,7 @@ def sweep(plan_path: Path, workers: int, journal_only: bool, storage: Optional[s
 
 
 @cli.command("report")
-@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("run_dirs", nargs=-1, required=True, type=RUN_DIR)
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="HTML file to write [default: RUN_DIR/report.html for one run, ./report.html for several].")
 def report(run_dirs: tuple[Path, ...], out: Optional[Path]) -> None:
@@ -327,7 +346,7 @@ def report(run_dirs: tuple[Path, ...], out: Optional[Path]) -> None:
     It shows the config and each run's differences from the baseline, a metrics table, loss
     curves, reconstructions from the first to the last epoch, samples, and the latent
     diagnostics of `vaelab evaluate`. Plots and images are inline, so the file can be mailed
-    or archived on its own.
+    or archived on its own. A run folder may be a URL on object storage, as for compare.
     """
     from vaelab.experiments.report import report_command
 
@@ -338,7 +357,7 @@ def report(run_dirs: tuple[Path, ...], out: Optional[Path]) -> None:
 # vaelab evaluate, and using a trained model
 # --------------------------------------------------------------------------------------------
 
-RUN_DIR_ARGUMENT = click.argument("run_dir", type=click.Path(path_type=Path))
+RUN_DIR_ARGUMENT = click.argument("run_dir", type=RUN_DIR)
 CHECKPOINT_OPTION = click.option(
     "--checkpoint", default="best", show_default=True,
     help="Weights to use: best, last, or a file name in RUN_DIR/checkpoints (e.g. epoch-0016.pt).",

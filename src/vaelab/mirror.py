@@ -82,11 +82,15 @@ def check_remote(url: str, options: Optional[dict] = None) -> None:
         raise store_error(url, error) from None
 
 
-def store_error(url: str, error: Exception, action: str = "write to") -> VaelabError:
-    """A store that cannot be reached may be back later (exit 75); refused credentials or a missing bucket will not (2)."""
+def store_error(url: str, error: Exception, action: str = "write to", setting: Optional[str] = "run.remote") -> VaelabError:
+    """A store that cannot be reached may be back later (exit 75); refused credentials or a missing bucket will not (2).
+    `setting`: the config key that named the URL; None for a URL given on the command line."""
     kind = TryLater if transient(error) else VaelabError
-    return kind(f"run.remote: cannot {action} {url} ({one_line(error)}); check the URL, the credentials "
-                "(e.g. AWS_* environment variables) and run.remote_options")
+    if setting is None:
+        return kind(f"{url}: cannot {action} it ({one_line(error)}); check the URL and the credentials "
+                    "(AWS_* environment variables; AWS_ENDPOINT_URL for a store other than AWS)")
+    return kind(f"{setting}: cannot {action} {url} ({one_line(error)}); check the URL, the credentials "
+                f"(e.g. AWS_* environment variables) and {setting}_options")
 
 
 def transient(error: BaseException) -> bool:

@@ -42,6 +42,7 @@ from vaelab.data.collection import describe_skips, load_collection
 from vaelab.data.loader import Batch, FittedImages, ImageLoader
 from vaelab.data.scaling import box_masks, scale_pixels, to_pixels
 from vaelab.errors import VaelabError
+from vaelab.fetch import fetch_checkpoints
 from vaelab.files import read_json, write_json, write_text
 from vaelab.mirror import RunMirror, check_remote, claim_name, download_run
 from vaelab.provenance import environment, snapshot_source
@@ -419,6 +420,7 @@ def load_run(run_dir: Union[str, Path], checkpoint: str = "best", device: str = 
     config = resume_config(run_dir, None)
     folder = run_dir / "checkpoints"
     names = [f"{checkpoint}.pt", LAST] if checkpoint in ("best", "last") else [checkpoint]
+    fetch_checkpoints(run_dir, names)  # a run fetched from object storage (vaelab.fetch) has none yet
     path = next((folder / n for n in names if (folder / n).is_file()), None)
     if path is None:
         raise VaelabError(f"{run_dir}: no checkpoint ({' or '.join(names)}) in {folder}; train the run first")

@@ -1,0 +1,79 @@
+"""Reading a run folder that lives on object storage: `vaelab compare s3://bucket/runs/NAME ...`.
+
+The commands that read runs (compare, report, evaluate, sample, reconstruct, ...) take a URL
+wherever they take a run folder. `fetch_run` keeps a local copy of it under
+`<cache>/remote-runs/<protocol>/<bucket>/<path>` and returns that folder, so the commands read
+local files as always. A second fetch downloads only files whose size or version tag (S3's
+ETag, a file's mtime) changed, and drops files the remote no longer has.
+
+Checkpoints are left out, since compare and report never read them and a 640 px model's are
+gigabytes; `load_run` fetches the one checkpoint it loads (`fetch_checkpoints`). Credentials
+and endpoints come from the environment (AWS_* variables, AWS_ENDPOINT_URL for MinIO and the
+like): these commands have no config to hold `run.remote_options`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Sequence
+
+from vaelab.errors import VaelabError
+from vaelab.files import atomic_path, read_json, write_json
+from vaelab.mirror import HEARTBEAT, open_remote, store_error
+
+FETCHED = ".fetched.json"  # {"url": the run's URL, "files": {relative path: "size:version"}}
+VERSION_KEYS = ("ETag", "etag", "md5Hash", "mtime", "LastModified", "last_modified", "updated")
+
+
+def is_url(value: object) -> bool:
+    return "://" in str(value)
+
+
+def fetch_run(url: str, cache_root: Path) -> Path:
+    """The local copy of the run folder at `url`, brought up to date, checkpoints left out."""
+    protocol, _, rest = url.rstrip("/").partition("://")
+    folder = Path(cache_root) / protocol / rest
+    return sync_down(url.rstrip("/"), folder, lambda there: [k for k in there if not k.startswith("checkpoints/")])
+
+
+def fetch_checkpoints(run_dir: Path, names: Sequence[str]) -> None:
+    """Bring the first of `checkpoints/<names>` that the remote has up to date in a fetched run."""
+    state = read_json(Path(run_dir) / FETCHED)
+    if not state:
+        return  # a run folder of this machine, not a fetched copy
+    wanted = [f"checkpoints/{name}" for name in names]
+    sync_down(state["url"], Path(run_dir), lambda there: [k for k in wanted if k in there][:1])
+
+
+def sync_down(url: str, folder: Path, choose: Callable[[list[str]], list[str]]) -> Path:
+    """Download the files `choose` picks from the remote's list where they changed; delete the
+    fetched files that the remote no longer has."""
+    fs, path = open_remote(url)
+    try:
+        listing = fs.find(path, detail=True)
+    except Exception as error:
+        raise store_error(url, error, "list", setting=None) from None
+    if not listing:
+        raise VaelabError(f"{url}: no run folder there; check the URL (vaelab lists nothing under it)")
+    versions = {}
+    for name, info in listing.items():
+        relative = name[len(path):].lstrip("/")
+        if relative and relative != HEARTBEAT and not relative.startswith("."):
+            versions[relative] = f"{info.get('size')}:{next((info[k] for k in VERSION_KEYS if k in info), '')}"
+    known: dict = (read_json(folder / FETCHED) or {}).get("files", {})
+    try:
+        for relative in choose(sorted(versions)):
+            target = folder / relative
+            if known.get(relative) == versions[relative] and target.is_file():
+                continue
+            with atomic_path(target) as temporary:
+                fs.get_file(f"{path}/{relative}", str(temporary))
+            known[relative] = versions[relative]
+    except Exception as error:
+        raise store_error(url, error, "download from", setting=None) from None
+    finally:
+        for relative in [k for k in known if k not in versions]:  # gone there (a pruned checkpoint)
+            (folder / relative).unlink(missing_ok=True)
+            del known[relative]
+        write_json(folder / FETCHED, {"url": url, "files": known})
+    return folder
