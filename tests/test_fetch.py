@@ -8,6 +8,7 @@ import pytest
 import s3fs
 from PIL import Image
 
+from test_mirror import remote_overrides
 from test_runs import make_images, write_config
 from vaelab import mirror
 from vaelab.cli import main
@@ -32,9 +33,7 @@ def run_on_s3(tmp_path, bucket, monkeypatch):
     url, options = bucket
     monkeypatch.setattr(mirror, "CLAIM_SETTLE_S", 0.0)
     images = make_images(tmp_path / "images")
-    config = load_config(write_config(tmp_path, images, tmp_path / "runs"),
-                         [f"run.remote={url}", f"run.remote_options={json.dumps(options)}"])
-    run_dir = train_run(config)
+    run_dir = train_run(load_config(write_config(tmp_path, images, tmp_path / "runs"), remote_overrides(url, options)))
     monkeypatch.setenv("AWS_ENDPOINT_URL", options["endpoint_url"])
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
     s3fs.S3FileSystem.clear_instance_cache()  # a new process would read the environment afresh

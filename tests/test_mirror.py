@@ -34,8 +34,9 @@ def remote_files(url: str, options: dict) -> dict[str, bytes]:
     return {path[len(root) + 1:]: fs.cat_file(path) for path in fs.find(root)}
 
 
-def options_yaml(options: dict) -> str:
-    return json.dumps(options)  # JSON is YAML: one --set value
+def remote_overrides(url: str, options: dict) -> list[str]:
+    """--set values for a copy on `url` (JSON is YAML, so the options fit in one value)."""
+    return [f"run.remote={url}", f"run.remote_options={json.dumps(options)}"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -157,7 +158,7 @@ def test_a_store_that_cannot_be_written_stops_the_run_before_it_gets_a_folder(tm
     endpoint = "http://127.0.0.1:9" if where == "down" else s3_endpoint
     with pytest.raises(SystemExit) as exit:
         main(["train", "-c", str(config_path), "--set", "run.remote=s3://no-such-bucket/runs",
-              "--set", f"run.remote_options={options_yaml({'endpoint_url': endpoint, **FAST_FAIL})}"])
+              "--set", f"run.remote_options={json.dumps({'endpoint_url': endpoint, **FAST_FAIL})}"])
     assert exit.value.code == status
     message = capsys.readouterr().err.strip()
     assert message.startswith("error: run.remote: cannot write to s3://no-such-bucket/runs (") and says in message
@@ -169,7 +170,7 @@ def test_resume_from_a_url_without_a_run_says_so(tmp_path, bucket):
     url, options = bucket
     config_path = write_config(tmp_path, make_images(tmp_path / "images"), tmp_path / "runs")
     with pytest.raises(VaelabError, match=f"^--resume {url}/2020-01-01_00h00m00s: no run folder there"):
-        train_command(config_path, [f"run.remote_options={options_yaml(options)}"],
+        train_command(config_path, [f"run.remote_options={json.dumps(options)}"],
                       resume=f"{url}/2020-01-01_00h00m00s")
     assert not (tmp_path / "runs" / "2020-01-01_00h00m00s").exists()
 
@@ -208,7 +209,7 @@ def test_a_pod_without_disk_resumes_from_s3_exactly(tmp_path, monkeypatch, bucke
     url, options = bucket
     images = make_images(tmp_path / "images")
     config_path = write_config(tmp_path, images, tmp_path / "runs")
-    overrides = [f"run.remote={url}", f"run.remote_options={options_yaml(options)}"]
+    overrides = remote_overrides(url, options)
     (tmp_path / "ref").mkdir()
     reference = train_run(load_config(write_config(tmp_path / "ref", images, tmp_path / "ref" / "runs")))
 
@@ -246,7 +247,7 @@ def test_auto_resume_leaves_a_run_alone_that_another_machine_trains(tmp_path, mo
     monkeypatch.setattr(mirror_module, "ALIVE_WITHIN_S", 1.5)
     images = make_images(tmp_path / "images")
     config = load_config(write_config(tmp_path, images, tmp_path / "runs"),
-                         [f"run.remote={url}", f"run.remote_options={options_yaml(options)}"])
+                         remote_overrides(url, options))
     fs, root = open_remote(url, options)
     name = "2026-01-01_00h00m00s"
     fs.pipe_file(f"{root}/{name}/config.yaml", config.to_yaml().encode())
@@ -297,7 +298,7 @@ def test_a_download_cut_short_is_neither_a_run_nor_in_the_way(tmp_path, bucket, 
     monkeypatch.setattr(mirror_module, "CLAIM_SETTLE_S", 0.0)
     images = make_images(tmp_path / "images")
     config = load_config(write_config(tmp_path, images, tmp_path / "runs"),
-                         [f"run.remote={url}", f"run.remote_options={options_yaml(options)}", "train.epochs=1"])
+                         [*remote_overrides(url, options), "train.epochs=1"])
     stop_at_step(monkeypatch, 2)
     first = train_run(config)
     shutil.rmtree(tmp_path / "runs")

@@ -1,7 +1,8 @@
 """Recording a run: the callbacks that write what the trainer produces into the run folder.
 
-metrics.jsonl, the image grids, TensorBoard, MLflow (`vaelab.tracking`), log.txt, run.json,
-the checkpoint schedule (`vaelab.checkpoints`) and the copy on run.remote (`vaelab.mirror`). `vaelab.runs` builds a `Recorder` for each run.
+metrics.jsonl, the image grids, TensorBoard, MLflow (`vaelab.tracking`), log.txt, run.json, the
+checkpoint schedule (`vaelab.checkpoints`) and the copy on run.remote (`vaelab.mirror`).
+`vaelab.runs` builds a `Recorder` for each run.
 """
 
 from __future__ import annotations

@@ -54,7 +54,6 @@ from vaelab.model import ConvVAE, build_model, check_strides, count_parameters
 from vaelab.train import Trainer, isolated, select_device
 
 
-
 # --------------------------------------------------------------------------------------------
 # training a run
 # --------------------------------------------------------------------------------------------
@@ -131,7 +130,9 @@ def train_command(config_path: Optional[Path], overrides: Sequence[str] = (), re
     if resume is not None and "://" in resume:  # a run folder on run.remote: fetch it, then as below
         given = load_config(config_path, overrides)
         url, _, name = resume.rstrip("/").rpartition("/")
-        resume = str(download_run(url, given.run.remote_options, name, given.run.root))
+        if distributed.env_world().main:  # the other ranks get the run from rank 0
+            download_run(url, given.run.remote_options, name, given.run.root)
+        resume = str(Path(given.run.root) / name)
     if resume is not None and resume != "auto":
         run_dir = Path(resume)
         if not distributed.env_world().main:  # rank 0 reads the run's config and sends it: the run
