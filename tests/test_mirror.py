@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from conftest import FAST_FAIL
-from test_runs import UNTIMED, make_images, metrics, only_run, weights, write_config
+from test_runs import UNTIMED, drive, make_images, metrics, only_run, reference, weights, write_config  # noqa: F401
 from vaelab import mirror as mirror_module
 from vaelab.cli import main
 from vaelab.config import load_config
@@ -327,3 +327,30 @@ def test_a_download_cut_short_is_neither_a_run_nor_in_the_way(tmp_path, bucket, 
     assert find_resumable(config) == tmp_path / "runs" / first.name  # the next attempt fetches it whole
     assert not partial.exists()
     assert (tmp_path / "runs" / first.name / "checkpoints" / "last.pt").is_file()
+
+
+def test_a_pod_without_disk_that_is_sigkilled_resumes_from_s3_exactly(tmp_path, monkeypatch, bucket, reference):
+    """The hard case: no SIGTERM, so no final sync. The copy on S3 is as of the last sync (a checkpoint
+    or more behind) and says running; the new pod waits out its heartbeat, fetches it, and the run still
+    ends bitwise equal to one that was never killed."""
+    url, options = bucket
+    _, reference_dir = reference
+    images = make_images(tmp_path / "images")
+    config = load_config(write_config(tmp_path, images, tmp_path / "runs"), remote_overrides(url, options))
+    config_path = tmp_path / "remote.yaml"
+    config_path.write_text(config.to_yaml())
+    killed = drive(tmp_path, config_path, "new", die="kill:8")  # SIGKILL mid-epoch 2
+    assert killed.returncode == -9, killed.stderr
+    on_s3 = remote_files(url, options)
+    (name,) = {k.split("/", 1)[0] for k in on_s3}
+    assert json.loads(on_s3[f"{name}/run.json"])["status"] == "running"
+
+    shutil.rmtree(tmp_path / "runs")  # the pod is gone, and its disk with it
+    monkeypatch.setattr(mirror_module, "ALIVE_WITHIN_S", 1.0)  # instead of 3 minutes
+    resumed = train_run(load_config(config_path), resume="auto")
+    assert resumed == tmp_path / "runs" / name
+    assert "resumed at epoch" in (resumed / "log.txt").read_text()
+    assert [UNTIMED(r) for r in metrics(resumed)] == [UNTIMED(r) for r in metrics(reference_dir)]
+    for checkpoint in ("last.pt", "best.pt", "last-epoch.pt"):
+        ours, theirs = weights(resumed, checkpoint), weights(reference_dir, checkpoint)
+        assert all(torch.equal(ours[k], theirs[k]) for k in theirs), checkpoint
