@@ -17,7 +17,8 @@ import pytest
 import torch
 
 from conftest import FAST_FAIL
-from test_runs import UNTIMED, drive, make_images, metrics, only_run, reference, weights, write_config  # noqa: F401
+from test_runs import UNTIMED, drive, make_images, metrics, only_run, weights, write_config
+from test_runs import reference  # noqa: F401 - a fixture: the same run, never interrupted
 from vaelab import mirror as mirror_module
 from vaelab.cli import main
 from vaelab.config import load_config
@@ -205,13 +206,12 @@ def stop_at_step(monkeypatch, at: int) -> None:
 
 
 @pytest.mark.parametrize("resume", ["auto", "url"])
-def test_a_pod_without_disk_resumes_from_s3_exactly(tmp_path, monkeypatch, bucket, resume):
+def test_a_pod_without_disk_resumes_from_s3_exactly(tmp_path, monkeypatch, bucket, resume, reference):
     url, options = bucket
     images = make_images(tmp_path / "images")
     config_path = write_config(tmp_path, images, tmp_path / "runs")
     overrides = remote_overrides(url, options)
-    (tmp_path / "ref").mkdir()
-    reference = train_run(load_config(write_config(tmp_path / "ref", images, tmp_path / "ref" / "runs")))
+    _, reference_dir = reference  # the same run, never interrupted
 
     with monkeypatch.context() as patch:
         stop_at_step(patch, 10)
@@ -229,9 +229,9 @@ def test_a_pod_without_disk_resumes_from_s3_exactly(tmp_path, monkeypatch, bucke
     assert resumed == tmp_path / "runs" / first.name == only_run(tmp_path / "runs")
     assert "resumed at epoch 2" in (resumed / "log.txt").read_text()
 
-    assert [UNTIMED(r) for r in metrics(resumed)] == [UNTIMED(r) for r in metrics(reference)]
+    assert [UNTIMED(r) for r in metrics(resumed)] == [UNTIMED(r) for r in metrics(reference_dir)]
     for name in ("last.pt", "best.pt", "last-epoch.pt"):
-        ours, theirs = weights(resumed, name), weights(reference, name)
+        ours, theirs = weights(resumed, name), weights(reference_dir, name)
         assert all(torch.equal(ours[k], theirs[k]) for k in theirs), name
 
     # The remote now mirrors the finished local folder, file for file.
@@ -354,3 +354,16 @@ def test_a_pod_without_disk_that_is_sigkilled_resumes_from_s3_exactly(tmp_path, 
     for checkpoint in ("last.pt", "best.pt", "last-epoch.pt"):
         ours, theirs = weights(resumed, checkpoint), weights(reference_dir, checkpoint)
         assert all(torch.equal(ours[k], theirs[k]) for k in theirs), checkpoint
+
+
+def test_the_store_client_does_not_change_the_run_config(tmp_path, bucket, monkeypatch):
+    """botocore rewrites a retries dict in place; the config would then differ from the user's
+    file, and --resume auto would not find the run again."""
+    url, options = bucket
+    monkeypatch.setattr(mirror_module, "CLAIM_SETTLE_S", 0.0)
+    options = {"endpoint_url": options["endpoint_url"], "config_kwargs": {"retries": {"max_attempts": 2}}}
+    config = load_config(write_config(tmp_path, make_images(tmp_path / "images"), tmp_path / "runs"),
+                         [*remote_overrides(url, options), "train.epochs=1"])
+    before = config.to_yaml()
+    run_dir = train_run(config)
+    assert config.to_yaml() == before == (run_dir / "config.yaml").read_text()

@@ -21,6 +21,7 @@ still being trained elsewhere.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
@@ -61,10 +62,12 @@ def open_remote(url: str, options: Optional[dict] = None):
         package = {"s3": "s3fs", "s3a": "s3fs", "gs": "gcsfs", "gcs": "gcsfs", "az": "adlfs", "abfs": "adlfs"}.get(protocol)
         hint = "pip install 'vaelab[s3]'" if package == "s3fs" else f"pip install {package or 'the package fsspec names'}"
         raise VaelabError(f"run.remote: {protocol}:// needs a package that is not installed ({error}); {hint}") from None
+    # A copy: botocore rewrites a nested retries dict in place, which would change the run's config.
+    options = copy.deepcopy(options or {})
     if protocol in ("file", "local"):  # object stores have no folders to create; a disk does
-        options = {"auto_mkdir": True, **(options or {})}
+        options = {"auto_mkdir": True, **options}
     try:
-        fs = cls(**(options or {}))
+        fs = cls(**options)
     except Exception as error:
         raise VaelabError(f"run.remote_options: {protocol}:// refused them ({one_line(error)}); "
                           "fix run.remote_options") from None
