@@ -138,7 +138,7 @@ class Board:
 
     def __init__(self, folder: Path, enabled: bool, log, file_per_epoch: bool = False):
         self.folder, self.enabled, self.log, self.writer = folder, enabled, log, None
-        self.file_per_epoch = file_per_epoch
+        self.file_per_epoch, self.next_file = file_per_epoch, False
 
     def open(self, purge_step: Optional[int]) -> None:
         if not self.enabled:
@@ -155,6 +155,8 @@ class Board:
     def epoch(self, record: dict, recon: Optional[np.ndarray], samples: Optional[np.ndarray]) -> None:
         if self.writer is None:
             return
+        if self.next_file:  # opened only now, so the run ends without an empty events file
+            self.writer, self.next_file = self._new_writer(), False
         epoch = record["epoch"]
         for key, value in record.items():
             if key != "epoch" and isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -164,8 +166,8 @@ class Board:
                 self.writer.add_image(name, grid, epoch, dataformats="HWC")
         self.writer.flush()
         if self.file_per_epoch:
-            self.writer.close()
-            self.writer = self._new_writer()
+            self.writer.close()  # closing twice (here, then in close()) is harmless
+            self.next_file = True
 
     def close(self) -> None:
         if self.writer is not None:
