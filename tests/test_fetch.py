@@ -91,3 +91,13 @@ def test_a_store_that_is_down_is_try_later(tmp_path, capsys, monkeypatch, s3_end
     message = capsys.readouterr().err.strip()
     assert message.startswith("error: s3://bucket/runs/2026-01-01_00h00m00s: cannot list it (Could not connect")
     assert "\n" not in message
+
+
+def test_compare_takes_the_url_of_a_folder_of_runs(run_on_s3, tmp_path, capsys, monkeypatch):
+    url, first = run_on_s3
+    folder = url.rsplit("/", 1)[0]
+    config = load_config(first / "config.yaml", ["train.seed=2", "run.name=seed2", f"run.root={tmp_path / 'more'}"])
+    second = train_run(config)
+    assert vaelab(["compare", folder + "/", "--json"]) == 0
+    runs = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["runs"]
+    assert sorted(r["name"] for r in runs) == sorted([first.name, second.name])

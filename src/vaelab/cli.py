@@ -44,6 +44,14 @@ class RunDirType(click.ParamType):
 RUN_DIR = RunDirType()
 
 
+def _run_dirs(ctx, param, values: tuple[str, ...]) -> tuple[Path, ...]:
+    """Run folders; a URL of a folder of runs (s3://bucket/runs) stands for each run in it."""
+    from vaelab.fetch import is_url, run_urls
+
+    return tuple(RUN_DIR.convert(url, param, ctx) for value in values
+                 for url in (run_urls(value) if is_url(value) else [value]))
+
+
 def _config(config_path: Optional[Path], overrides: tuple[str, ...]) -> Config:
     return load_config(config_path, overrides)
 
@@ -240,7 +248,7 @@ def train(config_path: Optional[Path], overrides: tuple[str, ...], resume: Optio
 
 
 @cli.command("compare")
-@click.argument("run_dirs", nargs=-1, required=True, type=RUN_DIR)
+@click.argument("run_dirs", nargs=-1, required=True, callback=_run_dirs)
 @click.option("--threshold", "thresholds", multiple=True, metavar="KEY=VALUE",
               help="First epoch and wall time at which KEY crosses VALUE, e.g. val_recon=1e5 (losses: <=, "
                    "psnr/ssim: >=; write KEY<=VALUE or KEY>=VALUE to choose). Repeatable.")
@@ -261,7 +269,8 @@ def compare(run_dirs: tuple[Path, ...], thresholds: tuple[str, ...], out: Option
     group is tested against the baseline group (Welch's t-test) at --at-epoch.
 
     A run folder may be a URL on object storage (s3://bucket/runs/NAME, as run.remote writes
-    them; credentials and AWS_ENDPOINT_URL from the environment), fetched into the cache.
+    them; credentials and AWS_ENDPOINT_URL from the environment), fetched into the cache; the
+    URL of a folder of runs (s3://bucket/runs) stands for every run in it.
     """
     from vaelab.experiments.compare import compare_command
 
@@ -337,7 +346,7 @@ def sweep(plan_path: Path, workers: int, journal_only: bool, storage: Optional[s
 
 
 @cli.command("report")
-@click.argument("run_dirs", nargs=-1, required=True, type=RUN_DIR)
+@click.argument("run_dirs", nargs=-1, required=True, callback=_run_dirs)
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="HTML file to write [default: RUN_DIR/report.html for one run, ./report.html for several].")
 def report(run_dirs: tuple[Path, ...], out: Optional[Path]) -> None:

@@ -1,7 +1,8 @@
 """Reading a run folder that lives on object storage: `vaelab compare s3://bucket/runs/NAME ...`.
 
 The commands that read runs (compare, report, evaluate, sample, reconstruct, ...) take a URL
-wherever they take a run folder. `fetch_run` keeps a local copy of it under
+wherever they take a run folder; compare and report also take the URL of a folder of runs
+(`run_urls`), as a shell glob would give them local ones. `fetch_run` keeps a local copy of it under
 `<cache>/remote-runs/<protocol>/<bucket>/<path>` and returns that folder, so the commands read
 local files as always. A second fetch downloads only files whose size or version tag (S3's
 ETag, a file's mtime) changed, and drops files the remote no longer has.
@@ -27,6 +28,19 @@ VERSION_KEYS = ("ETag", "etag", "md5Hash", "mtime", "LastModified", "last_modifi
 
 def is_url(value: object) -> bool:
     return "://" in str(value)
+
+
+def run_urls(url: str) -> list[str]:
+    """`url` if it is a run folder, else the run folders right under it (a sweep's, a run.remote's)."""
+    fs, path = open_remote(url)
+    url = url.rstrip("/")
+    try:
+        if fs.exists(f"{path}/run.json"):
+            return [url]
+        found = sorted(match.rstrip("/").rsplit("/", 2)[-2] for match in fs.glob(f"{path}/*/run.json"))
+    except Exception as error:
+        raise store_error(url, error, "list", setting=None) from None
+    return [f"{url}/{name}" for name in found] or [url]  # none: fetch_run says there is no run
 
 
 def fetch_run(url: str, cache_root: Path) -> Path:
