@@ -7,8 +7,8 @@ that changed since their last upload and deleting remote files that the run dele
 (checkpoints past `run.keep_checkpoints`), and once more, waiting, when training ends.
 
 A pod without persistent disk can therefore be preempted and restarted: `--resume auto`
-finds the unfinished run on the remote (`find_remote`), downloads it (`download_run`) and
-continues it. Order matters for that: a sync uploads the records (metrics, log, grids)
+finds the unfinished run on the remote (`remote_runs`, `vaelab.run_folders.find_resumable`),
+downloads it (`download_run`) and continues it. Order matters for that: a sync uploads the records (metrics, log, grids)
 before the checkpoints and `run.json` last, so a remote copy cut short by a kill never holds
 a checkpoint newer than its metrics (the resume trims metrics past the checkpoint).
 
@@ -16,7 +16,8 @@ Dot files are local only: the run's lock, temporaries of atomic writes, and `.mi
 the sizes and modification times last uploaded, which spares a resumed run re-uploading
 what the remote already has. `mirror.json` on the remote is a heartbeat: the host, process
 and time of the last sync, so another machine's `--resume auto` leaves a run alone that is
-still being trained elsewhere.
+still being trained elsewhere (`trained_elsewhere`), and new run names are claimed there
+(`claim_name`).
 """
 
 from __future__ import annotations
