@@ -170,7 +170,7 @@ def test_a_store_that_cannot_be_written_stops_the_run_before_it_gets_a_folder(tm
 def test_resume_from_a_url_without_a_run_says_so(tmp_path, bucket):
     url, options = bucket
     config_path = write_config(tmp_path, make_images(tmp_path / "images"), tmp_path / "runs")
-    with pytest.raises(VaelabError, match=f"^--resume {url}/2020-01-01_00h00m00s: no run folder there"):
+    with pytest.raises(VaelabError, match=f"^{url}/2020-01-01_00h00m00s: no run folder there"):
         train_command(config_path, [f"run.remote_options={json.dumps(options)}"],
                       resume=f"{url}/2020-01-01_00h00m00s")
     assert not (tmp_path / "runs" / "2020-01-01_00h00m00s").exists()

@@ -15,12 +15,14 @@ like): these commands have no config to hold `run.remote_options`.
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Optional, Sequence
 
 from vaelab.errors import VaelabError
 from vaelab.files import atomic_path, read_json, write_json
-from vaelab.mirror import HEARTBEAT, open_remote, store_error
+from vaelab.mirror import HEARTBEAT, MANIFEST, local_files, open_remote, store_error
 
 FETCHED = ".fetched.json"  # {"url": the run's URL, "files": {relative path: "size:version"}}
 VERSION_KEYS = ("ETag", "etag", "md5Hash", "mtime", "LastModified", "last_modified", "updated")
@@ -59,10 +61,31 @@ def fetch_checkpoints(run_dir: Path, names: Sequence[str]) -> None:
     sync_down(state["url"], Path(run_dir), lambda there: [k for k in wanted if k in there][:1])
 
 
-def sync_down(url: str, folder: Path, choose: Callable[[list[str]], list[str]]) -> Path:
+def download_run(url: str, options: Optional[dict], name: str, root: Path) -> Path:
+    """Fetch `<url>/<name>` whole, checkpoints included, into `<root>/<name>` to train on (--resume):
+    all of it or nothing, through a hidden folder that is renamed when complete."""
+    target = Path(root) / name
+    if target.exists():
+        raise VaelabError(f"{target}: already exists; resume it with --resume {target}, or move it away to "
+                          f"fetch {url.rstrip('/')}/{name}")
+    partial = Path(root) / f".{name}.download"
+    shutil.rmtree(partial, ignore_errors=True)
+    try:
+        sync_down(f"{url.rstrip('/')}/{name}", partial, lambda there: there, options)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    # Now a run folder of this machine, whose files the remote already has: nothing to upload again.
+    (partial / FETCHED).unlink()
+    write_json(partial / MANIFEST, {k: list(v) for k, v in local_files(partial).items()})
+    os.replace(partial, target)
+    return target
+
+
+def sync_down(url: str, folder: Path, choose: Callable[[list[str]], list[str]], options: Optional[dict] = None) -> Path:
     """Download the files `choose` picks from the remote's list where they changed; delete the
     fetched files that the remote no longer has."""
-    fs, path = open_remote(url)
+    fs, path = open_remote(url, options)
     try:
         listing = fs.find(path, detail=True)
     except Exception as error:

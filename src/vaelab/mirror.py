@@ -8,7 +8,7 @@ that changed since their last upload and deleting remote files that the run dele
 
 A pod without persistent disk can therefore be preempted and restarted: `--resume auto`
 finds the unfinished run on the remote (`remote_runs`, `vaelab.run_folders.find_resumable`),
-downloads it (`download_run`) and continues it. Order matters for that: a sync uploads the records (metrics, log, grids)
+downloads it (`vaelab.fetch.download_run`) and continues it. Order matters for that: a sync uploads the records (metrics, log, grids)
 before the checkpoints and `run.json` last, so a remote copy cut short by a kill never holds
 a checkpoint newer than its metrics (the resume trims metrics past the checkpoint).
 
@@ -25,7 +25,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-import shutil
 import socket
 import threading
 import time
@@ -324,38 +323,3 @@ def trained_elsewhere(url: str, options: Optional[dict], name: str, status: dict
         if float(beat.get("time", 0.0)) != first:
             return True
     return False
-
-
-def download_run(url: str, options: Optional[dict], name: str, root: Path) -> Path:
-    """Fetch `<url>/<name>` into `<root>/<name>` (whole or not at all) and return that folder."""
-    fs, remote_root = open_remote(url, options)
-    target = Path(root) / name
-    if target.exists():
-        raise VaelabError(f"{target}: already exists; resume it with --resume {target}, or move it away to "
-                          f"fetch {url.rstrip('/')}/{name}")
-    partial = Path(root) / f".{name}.download"
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.parent.mkdir(parents=True, exist_ok=True)
-    source = f"{remote_root}/{name}"
-    try:
-        paths = fs.find(source)
-    except Exception as error:
-        raise store_error(url, error, "list") from None
-    if not paths:
-        raise VaelabError(f"--resume {url.rstrip('/')}/{name}: no run folder there; check the name and run.remote")
-    try:
-        for path in paths:
-            relative = path[len(source):].lstrip("/")
-            if not relative or relative == HEARTBEAT:
-                continue
-            (partial / relative).parent.mkdir(parents=True, exist_ok=True)
-            fs.get_file(path, str(partial / relative))
-    except Exception as error:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise TryLater(f"run.remote: cannot download {url.rstrip('/')}/{name} ({one_line(error)}); "
-                          "try again, or check the credentials") from None
-    # What was fetched is what the remote has: nothing to upload again.
-    write_json(partial / MANIFEST, {k: list(v) for k, v in local_files(partial).items()})
-    os.replace(partial, target)
-    return target
-

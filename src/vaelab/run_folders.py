@@ -17,7 +17,8 @@ from typing import Callable, Optional, Union
 from vaelab.config import Config, config_from_text, load_config
 from vaelab.errors import VaelabError
 from vaelab.files import read_json
-from vaelab.mirror import download_run, maybe_alive, remote_runs, trained_elsewhere
+from vaelab.fetch import download_run
+from vaelab.mirror import maybe_alive, remote_runs, trained_elsewhere
 
 STAMP = "%Y-%m-%d_%Hh%Mm%Ss"
 NOT_RESUMABLE = ("finished", "diverged")  # auto-resume would only repeat them
@@ -94,7 +95,7 @@ def find_resumable(config: Config, log=lambda message: print(message, file=sys.s
     root, wanted, r = Path(config.run.root), identity(config), config.run
     found = []
     for folder in root.iterdir() if root.is_dir() else ():
-        if folder.name.startswith("."):  # a download in progress (`vaelab.mirror.download_run`)
+        if folder.name.startswith("."):  # a download in progress (`vaelab.fetch.download_run`)
             continue
         status = read_json(folder / "run.json")
         if not status or status.get("status") in NOT_RESUMABLE or not same_run(folder / "config.yaml", wanted):

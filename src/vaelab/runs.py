@@ -42,9 +42,9 @@ from vaelab.data.collection import describe_skips, load_collection
 from vaelab.data.loader import Batch, FittedImages, ImageLoader
 from vaelab.data.scaling import box_masks, scale_pixels, to_pixels
 from vaelab.errors import VaelabError
-from vaelab.fetch import fetch_checkpoints
+from vaelab.fetch import download_run, fetch_checkpoints
 from vaelab.files import read_json, write_json, write_text
-from vaelab.mirror import RunMirror, check_remote, claim_name, download_run
+from vaelab.mirror import RunMirror, check_remote, claim_name
 from vaelab.provenance import environment, snapshot_source
 from vaelab.run_folders import create_run_dir, find_resumable, flat, lock_run, resume_config
 from vaelab.recorder import RankCallbacks, Recorder, RunLog, write_status
