@@ -9,12 +9,13 @@ the resolved config (absolute paths) is what a run saves next to its results.
 from __future__ import annotations
 
 import difflib
+import math
 import os
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator, model_validator
 
 from vaelab.errors import VaelabError
 
@@ -128,6 +129,9 @@ class ConvLayer(Section):
 
 
 class ModelConfig(Section):
+    """kind: vector, the convolutional VAE with one latent vector per image (the seed's family)."""
+
+    kind: Literal["vector"] = "vector"
     conv: list[ConvLayer] = Field(
         default_factory=lambda: [
             ConvLayer(filters=32, kernel=4, stride=2),
@@ -141,6 +145,89 @@ class ModelConfig(Section):
     dense: int = Field(256, ge=1)
     latent: int = Field(32, ge=1)
     output_activation: Literal["none", "sigmoid", "tanh"] = "none"
+
+
+class ResNetStack(Section):
+    """The encoder/decoder of the spatial and vq families: diffusers' AutoencoderKL blocks (ResNet
+    blocks with GroupNorm and SiLU). Each entry of `channels` is one resolution level; every level
+    but the last halves the image, so the latent is data.size / 2^(levels - 1)."""
+
+    channels: list[Annotated[int, Field(ge=1)]] = Field(
+        default_factory=lambda: [32, 64, 128], min_length=1, description="output channels of each level (block_out_channels)"
+    )
+    layers_per_block: int = Field(1, ge=1, description="ResNet blocks per level")
+    attention: bool = Field(False, description="self-attention in the middle block, at the lowest resolution")
+    norm_groups: int = Field(32, ge=1, description="GroupNorm groups; must divide every entry of channels")
+    output_activation: Literal["none", "sigmoid", "tanh"] = "none"
+
+    @model_validator(mode="after")
+    def _groups_divide(self):
+        bad = [c for c in self.channels if c % self.norm_groups]
+        if bad:
+            raise ValueError(f"model.norm_groups {self.norm_groups} does not divide model.channels entry {bad[0]};"
+                             f" use channels that are multiples of {self.norm_groups} or a smaller norm_groups")
+        return self
+
+    @property
+    def factor(self) -> int:
+        """How many image pixels one latent position covers along each side."""
+        return 2 ** (len(self.channels) - 1)
+
+
+class SpatialModelConfig(ResNetStack):
+    """kind: spatial, an AutoencoderKL (Stable Diffusion's VAE design) with a z_channels x h x w
+    Gaussian latent; saved and loaded in diffusers' format (vaelab export)."""
+
+    kind: Literal["spatial"]
+    z_channels: int = Field(4, ge=1, description="channels of the latent map")
+    init_from: Optional[Path] = Field(
+        None, description="start from the weights of a diffusers AutoencoderKL folder (config.json + safetensors)"
+    )
+
+
+class VQModelConfig(ResNetStack):
+    """kind: vq, the same encoder/decoder with a quantized latent map (vector-quantize-pytorch)."""
+
+    kind: Literal["vq"]
+    quantizer: Literal["vq", "fsq"] = Field("vq", description="vq: a learned codebook; fsq: finite scalar quantization (levels)")
+    codebook_size: int = Field(512, ge=2, description="vq: number of codes")
+    code_dim: int = Field(64, ge=1, description="vq: channels of the latent map, the size of each code")
+    levels: list[Annotated[int, Field(ge=2)]] = Field(
+        default_factory=lambda: [8, 5, 5, 5], min_length=1, description="fsq: levels per latent channel; codes = their product"
+    )
+    commitment_weight: float = Field(0.25, ge=0.0, description="vq: weight of ||z_e - sg(z_q)||^2, summed per image")
+    ema_decay: float = Field(0.99, gt=0.0, lt=1.0, description="vq: EMA decay of the codebook")
+    kmeans_init: bool = Field(True, description="vq: initialise the codebook by k-means on the first batch")
+    dead_code_threshold: float = Field(
+        2.0, ge=0.0, description="vq: codes used fewer times than this (EMA count) are restarted from the batch; 0 = never"
+    )
+    l2_codes: bool = Field(False, description="vq: L2-normalised codes and inputs (cosine similarity)")
+
+    @property
+    def latent_channels(self) -> int:
+        return len(self.levels) if self.quantizer == "fsq" else self.code_dim
+
+    @property
+    def codes(self) -> int:
+        return math.prod(self.levels) if self.quantizer == "fsq" else self.codebook_size
+
+
+def model_kind(value: Any) -> str:
+    """The family a model section describes; a section without `kind` is the vector family."""
+    if isinstance(value, dict):
+        return value.get("kind", "vector")
+    return getattr(value, "kind", "vector")
+
+
+AnyModelConfig = Annotated[
+    Union[
+        Annotated[ModelConfig, Tag("vector")],
+        Annotated[SpatialModelConfig, Tag("spatial")],
+        Annotated[VQModelConfig, Tag("vq")],
+    ],
+    Discriminator(model_kind),
+]
+MODEL_KINDS = {"vector": ModelConfig, "spatial": SpatialModelConfig, "vq": VQModelConfig}
 
 
 class LossConfig(Section):
@@ -242,7 +329,7 @@ class RunConfig(Section):
 
 class Config(Section):
     data: DataConfig = Field(default_factory=DataConfig)
-    model: ModelConfig = Field(default_factory=ModelConfig)
+    model: AnyModelConfig = Field(default_factory=ModelConfig)
     loss: LossConfig = Field(default_factory=LossConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     run: RunConfig = Field(default_factory=RunConfig)
@@ -265,12 +352,15 @@ def load_config(path: Optional[Path] = None, overrides: tuple[str, ...] | list[s
     raw: dict[str, Any] = {}
     if path is not None:
         raw = read_yaml_mapping(Path(path))
-    for override in overrides:
-        key, value = parse_override(override)
+    parsed = [(override, *parse_override(override)) for override in overrides]
+    for override, key, value in parsed:
+        set_dotted(raw, key, value, origin=f"--set {override}")
+    for override, key, value in parsed:  # each on its own, so that an error names it
         alone: dict[str, Any] = {}
         set_dotted(alone, key, value, origin=f"--set {override}")
+        if isinstance(alone.get("model"), dict) and isinstance(raw.get("model"), dict):
+            alone["model"].setdefault("kind", model_kind(raw["model"]))  # the family the whole config names
         check_keys(alone, Config, origin=f"--set {override}")
-        set_dotted(raw, key, value, origin=f"--set {override}")
     return validated(raw, origin)
 
 
@@ -355,7 +445,7 @@ def check_keys(raw: Any, model: type[BaseModel], origin: str, prefix: str = "") 
             close = difflib.get_close_matches(str(key), list(known), n=1, cutoff=0.5)
             hint = f"; did you mean '{prefix}{close[0]}'?" if close else f"; known keys: {', '.join(known)}"
             raise VaelabError(f"{origin}: unknown key '{dotted}'{hint}")
-        child = _section_type(known[key].annotation)
+        child = _section_type(known[key].annotation, value, origin, dotted)
         if child is not None:
             if isinstance(value, list):
                 for item in value:
@@ -364,14 +454,27 @@ def check_keys(raw: Any, model: type[BaseModel], origin: str, prefix: str = "") 
                 check_keys(value, child, origin, prefix=f"{dotted}.")
 
 
-def _section_type(annotation: Any) -> Optional[type[BaseModel]]:
+def _section_type(annotation: Any, value: Any = None, origin: str = "", dotted: str = "") -> Optional[type[BaseModel]]:
+    """The section class of a field; for the model section, the family that `value` names."""
+    candidates = _section_types(annotation)
+    if len(candidates) > 1 and all("kind" in c.model_fields for c in candidates):
+        kind = model_kind(value)
+        by_kind = {c.model_fields["kind"].annotation.__args__[0]: c for c in candidates}
+        if kind not in by_kind:
+            close = difflib.get_close_matches(str(kind), list(by_kind), n=1, cutoff=0.5)
+            hint = f"did you mean '{close[0]}'? " if close else ""
+            raise VaelabError(f"{origin}: {dotted}.kind: unknown family {kind!r}; {hint}use one of {', '.join(by_kind)}")
+        return by_kind[kind]
+    return candidates[0] if candidates else None
+
+
+def _section_types(annotation: Any) -> list[type[BaseModel]]:
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
+        return [annotation]
+    found: list[type[BaseModel]] = []
     for arg in getattr(annotation, "__args__", ()) or ():
-        found = _section_type(arg)
-        if found is not None:
-            return found
-    return None
+        found += [t for t in _section_types(arg) if t not in found]
+    return found
 
 
 def describe_validation_error(error: ValidationError) -> str:
@@ -400,6 +503,8 @@ def field_path(loc: tuple) -> str:
     for part in loc:
         if isinstance(part, int) and parts:
             parts[-1] += f"[{part}]"
+        elif parts == ["model"] and part in MODEL_KINDS:  # the tag pydantic puts after a union's field
+            model = MODEL_KINDS[part]
         elif model is not None and part in model.model_fields:
             parts.append(str(part))
             model = _section_type(model.model_fields[part].annotation)

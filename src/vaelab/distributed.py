@@ -54,7 +54,7 @@ import torch
 from torch import Tensor, nn
 
 from vaelab.errors import VaelabError
-from vaelab.model import VAEOutput
+from vaelab.model.contract import VAEOutput
 
 # Rank 0 may index a large photo folder or write a checkpoint while the others wait in a collective.
 TIMEOUT = timedelta(minutes=float(os.environ.get("VAELAB_DIST_TIMEOUT_MIN", "30")))
@@ -235,22 +235,20 @@ def local_main_first():
 
 
 class GlobalBatchForward(nn.Module):
-    """`ConvVAE.forward` with the reparameterisation noise of the whole global batch.
+    """The model's forward with the noise of the whole global batch.
 
     Every rank draws `total` rows of noise, exactly what a one-process run draws for the global
-    batch, and keeps the `rows` of its own images; the RNG streams of all ranks stay the same.
-    Keep the arithmetic identical to `ConvVAE.forward` / `reparameterize` (tests compare them)."""
+    batch, and keeps the `rows` of its own images; the RNG streams of all ranks stay the same. A
+    family with a deterministic latent (vq: `noise_shape` None) draws nothing."""
 
     def __init__(self, vae: nn.Module):
         super().__init__()
         self.vae = vae
 
     def forward(self, x: Tensor, rows: Tensor, total: int) -> VAEOutput:
-        mu, logvar = self.vae.encode(x)
-        eps = torch.randn((total, mu.shape[1]), device=mu.device, dtype=mu.dtype).index_select(0, rows)
-        z = mu + eps * torch.exp(0.5 * logvar)
-        logits = self.vae.decode_logits(z)
-        return VAEOutput(recon=self.vae.output_activation(logits), mu=mu, logvar=logvar, z=z, logits=logits)
+        shape = self.vae.noise_shape
+        noise = None if shape is None else torch.randn((total, *shape), device=x.device).index_select(0, rows)
+        return self.vae(x, noise=noise)
 
 
 def wrap(model: nn.Module, device: torch.device, compile: bool = False) -> nn.Module:

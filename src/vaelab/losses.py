@@ -9,10 +9,13 @@ Conventions (N = batch, C = channels, "real pixels" = pixels where the mask is 1
 - `gaussian`: a proper negative log-likelihood, so it is summed over channels too (as well as
   over real pixels) and averaged over the batch. It is C times larger in scale than the above
   and can be negative once sigma is small.
-- KL: analytic KL(q(z|x) || N(0, I)), summed over latent dimensions, averaged over the batch
-  (the journal's ~400 for 128 dimensions).
-- loss = recon + kl_weight * kl_term, where kl_term is the KL after free bits (each dimension's
-  batch-mean KL clamped below at `free_bits` nats) and kl_weight = `kl_weight_at(config, epoch)`.
+- KL: analytic KL(q(z|x) || N(0, I)), summed over latent elements (the vector family's
+  dimensions, the spatial family's channels x positions), averaged over the batch (the
+  journal's ~400 for 128 dimensions). A quantized posterior (vq family) has none: its KL is 0.
+- commitment (vq family): the posterior's ||z_e - sg(z_q)||^2 per image (`vaelab.model.vq`),
+  averaged over the batch.
+- loss = recon + kl_weight * kl_term + commitment, where kl_term is the KL after free bits (each
+  element's batch-mean KL clamped below at `free_bits` nats) and kl_weight = `kl_weight_at(config, epoch)`.
 
 Padding never counts: every reconstruction term selects real pixels with `torch.where`, so a
 padding pixel contributes exactly zero to the value and to the gradient however large its
@@ -47,7 +50,8 @@ from torch import Tensor, nn
 
 from vaelab.config import LossConfig
 from vaelab.errors import VaelabError
-from vaelab.model import VAEOutput
+from vaelab.model.contract import VAEOutput
+from vaelab.model.posterior import Quantized, kl_divergence
 
 HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
@@ -89,8 +93,8 @@ def vae_loss(
     target: (N, C, H, W) in the data's scaled units. mask: (N, 1, H, W), 1 = real pixel,
     0 = padding; None = every pixel is real. log_sigma: the trainer's `make_log_sigma()`
     parameter, required when config.sigma is 'learned'.
-    Returns "loss", "recon", "kl" (raw), "kl_term" (after free bits), "mse" (per real pixel
-    and channel) and, for `gaussian`, "sigma". group: under data-parallel training, the
+    Returns "loss", "recon", "kl" (raw), "kl_term" (after free bits), "commitment" (0 without a
+    quantized posterior), "mse" (per real pixel and channel) and, for `gaussian`, "sigma". group: under data-parallel training, the
     processes sharing the global batch; then loss, recon, kl and kl_term are this process's
     shares and mse and sigma are the global batch's (see the module doc). None: one process.
     """
@@ -100,7 +104,10 @@ def vae_loss(
     sq_err = (recon - target) ** 2
     group = group or ONE_PROCESS
     # The batch's sums, summed over the processes sharing the global batch (one process: as they are).
-    kl_sums = kl_divergence(out.mu.float(), out.logvar.float()).sum(0)  # (latent,), this batch's sum
+    posterior = out.posterior
+    kl_elements = posterior.kl()  # (N, latent elements), or None for a quantized latent
+    kl_sums = (kl_elements.float().sum(0) if kl_elements is not None  # (elements,), this batch's sum
+               else torch.zeros(0, device=target.device))
     local = torch.cat([torch.stack([masked_sum(sq_err, real).sum(), real.sum().float(),
                                     torch.tensor(float(len(target)), device=target.device)]), kl_sums])
     totals = group.sum(local.detach())
@@ -135,12 +142,16 @@ def vae_loss(
     floor = torch.full_like(kl_shares, config.free_bits)  # each process adds the floor; / size: the floor
     kl_term = torch.where(kl_means >= config.free_bits, kl_shares, floor).sum()
 
-    loss = recon_term + kl_weight * kl_term
+    commitment = (posterior.commitment.float().sum() * share if isinstance(posterior, Quantized)
+                  else torch.zeros((), device=target.device))
+
+    loss = recon_term + kl_weight * kl_term + commitment
     return {
         "loss": loss,
         "recon": recon_term.detach(),
         "kl": kl.detach(),
         "kl_term": kl_term.detach(),
+        "commitment": commitment.detach(),
         "mse": mse.detach(),
         **parts,
     }
@@ -153,11 +164,6 @@ def masked_sum(values: Tensor, real: Tensor) -> Tensor:
     """
     zero = torch.zeros((), dtype=values.dtype, device=values.device)
     return torch.where(real, values, zero).flatten(1).sum(1)
-
-
-def kl_divergence(mu: Tensor, logvar: Tensor) -> Tensor:
-    """KL(N(mu, exp(logvar)) || N(0, 1)) per sample and latent dimension, (N, latent)."""
-    return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar)
 
 
 def gaussian_log_sigma(config: LossConfig, mse: Tensor, log_sigma: Optional[Tensor]) -> Tensor:

@@ -1,23 +1,26 @@
 """Image and latent metrics that both the trainer (every epoch) and `vaelab evaluate` use.
 
-Model layer: imports torch, numpy and the model layer's `vaelab.losses` only, so that
+Model layer: imports torch and the model layer's posteriors only, so that
 `vaelab.train` can use it without reaching up into `vaelab.experiments`. Nothing here draws
 random numbers, so computing these during training cannot disturb an exact resume.
 
 - `LatentStats`: streaming active units (Burda et al. 2016: dimension d is active when
   Cov_x(E_q[z_d]) > 0.01, the unbiased variance over images of the posterior mean, which needs
-  2 images) and KL per latent dimension (nats, mean per image), over any number of batches.
+  2 images) and KL per latent channel (nats, mean per image), or codebook usage and perplexity
+  for a quantized latent, over any number of batches.
 - `ssim`, `box_ssim`: SSIM (Wang et al. 2004), 11x11 Gaussian window with sigma 1.5, and the
   same on each image's content box only (padding never enters).
 """
 
 from __future__ import annotations
 
+from typing import Optional, Union
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from vaelab.losses import kl_divergence
+from vaelab.model.posterior import DiagonalGaussian, Quantized
 
 ACTIVE_THRESHOLD = 0.01  # Burda et al. 2016
 
@@ -28,24 +31,38 @@ ACTIVE_THRESHOLD = 0.01  # Burda et al. 2016
 
 
 class LatentStats:
-    """Streaming per-dimension mean and variance of mu, and mean KL, over any number of batches.
+    """Streaming statistics of a split's posteriors, per latent channel, over any number of batches.
 
-    The variance is merged batch by batch (Chan et al.) in float64, so it stays exact for a
-    split of any size; memory is three vectors of the latent size.
+    Gaussian posteriors (vector, spatial): the per-element mean and variance of the posterior mean
+    over images, merged batch by batch (Chan et al.) in float64 so they stay exact for a split of
+    any size, and the KL per element. A channel's variance is the mean over its positions (a vector
+    latent has one position per channel), so a spatial channel is active when its posterior mean
+    varies from image to image at all positions on average. Quantized posteriors (vq): how often
+    each code is used, for codebook usage and perplexity. Memory: a few latent-sized vectors.
     """
 
-    def __init__(self, latent: int):
+    def __init__(self):
         self.count = 0
-        self.mean = torch.zeros(latent, dtype=torch.float64)
-        self.m2 = torch.zeros(latent, dtype=torch.float64)  # sum of squared deviations from the mean
-        self.kl_sum = torch.zeros(latent, dtype=torch.float64)
+        self.mean: Optional[Tensor] = None  # (channels, positions)
+        self.m2: Optional[Tensor] = None  # sum of squared deviations from the mean
+        self.kl_sum: Optional[Tensor] = None  # (channels,)
+        self.code_counts: Optional[Tensor] = None  # (codebook_size,)
 
     @torch.no_grad()
-    def update(self, mu: Tensor, logvar: Tensor) -> "LatentStats":
-        mu, logvar = mu.detach().double().cpu(), logvar.detach().double().cpu()
+    def update(self, posterior: Union[DiagonalGaussian, Quantized]) -> "LatentStats":
+        if isinstance(posterior, Quantized):
+            codes = posterior.codes.detach().flatten().cpu()
+            counts = torch.bincount(codes, minlength=posterior.codebook_size).double()
+            self.code_counts = counts if self.code_counts is None else self.code_counts + counts
+            self.count += posterior.codes.shape[0]
+            return self
+        mu = posterior.channel_means().detach().double().cpu()
         n = mu.shape[0]
         if n == 0:
             return self
+        if self.mean is None:
+            self.mean, self.m2 = torch.zeros(mu.shape[1:], dtype=torch.float64), torch.zeros(mu.shape[1:], dtype=torch.float64)
+            self.kl_sum = torch.zeros(mu.shape[1], dtype=torch.float64)
         batch_mean = mu.mean(0)
         batch_m2 = ((mu - batch_mean) ** 2).sum(0)
         total = self.count + n
@@ -53,25 +70,36 @@ class LatentStats:
         self.mean += delta * (n / total)
         self.m2 += batch_m2 + delta**2 * (self.count * n / total)
         self.count = total
-        self.kl_sum += kl_divergence(mu, logvar).sum(0)
+        self.kl_sum += DiagonalGaussian(posterior.mean.detach().double().cpu(),
+                                        posterior.logvar.detach().double().cpu()).channel_kl().sum(0)
         return self
 
     def result(self, threshold: float = ACTIVE_THRESHOLD) -> dict:
-        """active_units (None under 2 images), kl_per_dim (nats, mean per image), mu_variance."""
+        """active_units (None under 2 images), kl_per_dim (nats per channel, mean per image),
+        mu_variance (per channel); codebook_usage (fraction of codes used) and perplexity (exp of
+        the code entropy, in codes) for a quantized latent. Keys that do not apply are None."""
+        empty = {"active_units": None, "kl_per_dim": None, "mu_variance": None, "codebook_usage": None,
+                 "perplexity": None}
         if self.count == 0:
-            return {"active_units": None, "kl_per_dim": None, "mu_variance": None}
-        variance = self.m2 / (self.count - 1) if self.count > 1 else None
+            return empty
+        if self.code_counts is not None:
+            p = self.code_counts / self.code_counts.sum()
+            entropy = -(p[p > 0] * p[p > 0].log()).sum()
+            return {**empty, "codebook_usage": float((self.code_counts > 0).double().mean()),
+                    "perplexity": float(entropy.exp())}
+        variance = (self.m2 / (self.count - 1)).mean(1) if self.count > 1 else None
         return {
+            **empty,
             "active_units": None if variance is None else int((variance > threshold).sum()),
             "kl_per_dim": (self.kl_sum / self.count).tolist(),
             "mu_variance": None if variance is None else variance.tolist(),
         }
 
 
-def cheap_metrics(mu: Tensor, logvar: Tensor, threshold: float = ACTIVE_THRESHOLD) -> dict:
-    """Active units and KL per dimension of one batch of posteriors (see `LatentStats` to
-    accumulate them over a whole validation pass, which is what the trainer logs)."""
-    return LatentStats(mu.shape[1]).update(mu, logvar).result(threshold)
+def cheap_metrics(posterior: Union[DiagonalGaussian, Quantized], threshold: float = ACTIVE_THRESHOLD) -> dict:
+    """The `LatentStats` of one batch of posteriors (see `LatentStats` to accumulate them over a
+    whole validation pass, which is what the trainer logs)."""
+    return LatentStats().update(posterior).result(threshold)
 
 
 # --------------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ import torch
 
 import vaelab
 from vaelab.files import write_json, write_text
-from vaelab.model import ConvVAE, count_parameters
+from vaelab.model import AnyModel, count_parameters
 from vaelab.train import Trainer
 
 
@@ -52,7 +52,7 @@ def git_state(folder: Path, timeout: float = 10.0) -> dict:
             "status": status.stdout.splitlines()[:200], "diff": diff.stdout[:10_000_000]}
 
 
-def environment(device: torch.device, model: ConvVAE, trainer: Trainer) -> dict:
+def environment(device: torch.device, model: AnyModel, trainer: Trainer) -> dict:
     import pydantic
 
     cpu = platform.processor()

@@ -61,7 +61,8 @@ class Recorder:
             recon = trainer.reconstruction_grid(self.images)
             samples = trainer.sample_grid(2 * len(self.images))
             save_png(recon, self.run_dir / "reconstructions" / f"epoch-{epoch:04d}.png")
-            save_png(samples, self.run_dir / "samples" / f"epoch-{epoch:04d}.png")
+            if samples is not None:  # None: the family has no prior to sample yet
+                save_png(samples, self.run_dir / "samples" / f"epoch-{epoch:04d}.png")
         self.board.epoch(record, recon, samples)
         self.tracker.epoch(record, epoch_grids(self.run_dir, epoch) if recon is not None else [])
         self.log(epoch_line(record, self.config.train.epochs))
@@ -120,8 +121,9 @@ class RankCallbacks:
 
 def epoch_line(record: dict, epochs: int) -> str:
     g = lambda key, fmt=".4g": "-" if record.get(key) is None else format(record[key], fmt)  # noqa: E731
+    second = f"commitment {g('train_commitment')}" if "train_commitment" in record else f"kl {g('train_kl')}"
     line = (f"epoch {record['epoch']}/{epochs}  train loss {g('train_loss')} (recon {g('train_recon')}, "
-            f"kl {g('train_kl')})  val loss {g('val_loss')}  psnr {g('val_psnr', '.2f')} dB  "
+            f"{second})  val loss {g('val_loss')}  psnr {g('val_psnr', '.2f')} dB  "
             f"lr {record['lr']:.3g}  {record['time_s']:.0f} s")
     if record["skipped_steps"]:
         line += f"  skipped {record['skipped_steps']}"

@@ -50,7 +50,8 @@ from vaelab.run_folders import create_run_dir, find_resumable, flat, lock_run, r
 from vaelab.recorder import RankCallbacks, Recorder, RunLog, write_status
 from vaelab.tracking import require_mlflow
 from vaelab.losses import check_scaling
-from vaelab.model import ConvVAE, build_model, check_strides, count_parameters
+from vaelab.model import AnyModel, build_model, check_model_fits, count_parameters
+from vaelab.model.spatial import check_diffusers_folder, load_diffusers_weights
 from vaelab.train import Trainer, isolated, select_device
 
 
@@ -75,7 +76,9 @@ def train_run(config: Optional[Config] = None, resume: Union[Path, str, None] = 
     try:
         if config is not None:  # a config that cannot train is refused before it gets a run folder
             check_scaling(config.loss, config.data.scale, config.model.output_activation)
-            check_strides(config.model, *config.data.size)
+            check_model_fits(config.model, *config.data.size)
+            if getattr(config.model, "init_from", None) and world.main:
+                check_diffusers_folder(build_model(config.model, config.data.size), config.model.init_from)
             require_mlflow(config.run)
             check_batch_split(config, world)
             if config.run.remote and world.main:
@@ -171,6 +174,10 @@ def train_in(run_dir: Path, config: Config, fresh: bool, progress: Optional[bool
     device = distributed.device_for(select_device(config.train.device))
     train_loader, val_loader = make_loaders(config, device, log)
     model = build_model(config.model, config.data.size)
+    init_from = getattr(config.model, "init_from", None)
+    if init_from and not (run_dir / "checkpoints" / LAST).exists():  # a resumed run has its own weights
+        load_diffusers_weights(model, init_from)  # before DDP, which hands rank 0's weights to the others
+        log(f"model: weights from {init_from}")
     trainer = Trainer(config, model, device)
     processes = f"; {world.size} processes (data-parallel, {config.train.batch_size // world.size} images each per batch)"
     log(f"model: {count_parameters(model):,} parameters; device {device}; "
@@ -389,7 +396,7 @@ class LoadedRun:
 
     run_dir: Path
     config: Config
-    model: ConvVAE
+    model: AnyModel
     checkpoint: Path
     epoch: int
     device: torch.device
@@ -400,18 +407,19 @@ class LoadedRun:
 
     @torch.no_grad()
     def encode(self, pixels: Union[np.ndarray, torch.Tensor], boxes: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """uint8 images (N, H, W, 3), already fitted to data.size -> posterior means (N, latent).
+        """uint8 images (N, H, W, 3), already fitted to data.size -> posterior modes (N, *latent_shape):
+        the mean of a Gaussian latent, the quantized map of a vq one.
         `boxes` (N, 4: top, left, height, width of the real pixels) keeps padding out of
         `standardize` statistics, as in training; without them every pixel counts as real."""
         x = torch.as_tensor(pixels).to(self.device).permute(0, 3, 1, 2).float()
         height, width = x.shape[2:]
         mask = torch.ones_like(x[:, :1]) if boxes is None else box_masks(torch.as_tensor(boxes).to(self.device), height, width)
         inputs = scale_pixels(x, mask, self.config.data.scale)
-        return self.model.encode(inputs.x)[0]
+        return self.model.encode(inputs.x).mode()
 
     @torch.no_grad()
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """Latents (N, latent) -> uint8 images (N, H, W, 3)."""
+        """Latents (N, *latent_shape) -> uint8 images (N, H, W, 3)."""
         return to_pixels(self.model.decode(z.to(self.device)), self.config.data.scale)
 
 

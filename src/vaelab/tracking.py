@@ -158,7 +158,8 @@ class Tracker:
 
 def epoch_grids(run_dir: Path, epoch: int) -> list[Path]:
     """The image files the run layer writes for an epoch (see `vaelab.runs`)."""
-    return [run_dir / folder / f"epoch-{epoch:04d}.png" for folder in ("reconstructions", "samples")]
+    paths = [run_dir / folder / f"epoch-{epoch:04d}.png" for folder in ("reconstructions", "samples")]
+    return [path for path in paths if path.is_file()]  # a family without a prior writes no samples
 
 
 def read_records(path: Path) -> list[dict]:

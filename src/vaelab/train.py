@@ -181,13 +181,20 @@ def batch_index(loader: ImageLoader, epoch: int) -> np.ndarray:
     return index
 
 
+def keep_padding(shown: torch.Tensor, batch: Batch) -> torch.Tensor:
+    """uint8 images (N, H, W, 3) with each image's padding replaced by the original's pixels there."""
+    real = box_masks(batch.boxes, *batch.pixels.shape[1:3]).permute(0, 2, 3, 1) > 0.5
+    return torch.where(real, shown, batch.pixels)
+
+
 # --------------------------------------------------------------------------------------------
 # the trainer
 # --------------------------------------------------------------------------------------------
 
 
 def empty_sums() -> dict:
-    return {"loss": 0.0, "recon": 0.0, "kl": 0.0, "grad_norm": 0.0, "applied": 0, "skipped": 0, "images": 0}
+    return {"loss": 0.0, "recon": 0.0, "kl": 0.0, "commitment": 0.0, "grad_norm": 0.0, "applied": 0, "skipped": 0,
+            "images": 0}
 
 
 def significant(value: float, digits: int = 4) -> float:
@@ -217,6 +224,7 @@ class Trainer:
         self.log_sigma: Optional[nn.Parameter] = None
         if config.loss.reconstruction == "gaussian" and config.loss.sigma == "learned":
             self.log_sigma = nn.Parameter(make_log_sigma().detach().to(device))
+        self.has_kl = model.family != "vq"  # a quantized latent has a commitment term instead
         self.params = list(model.parameters()) + ([self.log_sigma] if self.log_sigma is not None else [])
         t = config.train
         optimizer = torch.optim.AdamW if t.optimizer == "adamw" else torch.optim.Adam
@@ -282,8 +290,9 @@ class Trainer:
         # One device sync per step: the guard must see the values before the weights change. Under
         # data parallelism they are summed over the ranks in the same sync, so every rank judges
         # the global batch's loss and agrees on skips, rollbacks and when to stop.
-        (loss, norm_value, recon, kl), images, self.stop_agreed = distributed.step_totals(torch.stack(
-            [parts["loss"].detach().float(), norm.float(), parts["recon"], parts["kl"]]), len(batch), self.stop_requested)
+        (loss, norm_value, recon, kl, commitment), images, self.stop_agreed = distributed.step_totals(torch.stack(
+            [parts["loss"].detach().float(), norm.float(), parts["recon"], parts["kl"], parts["commitment"]]),
+            len(batch), self.stop_requested)
         self.sums["images"] += images  # for images/s in `vaelab compare`, skipped steps included
         reason = self.guard.judge(loss, norm_value)
         if reason is None:
@@ -294,7 +303,8 @@ class Trainer:
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.guard.accept(loss, norm_value)
-            for key, value in (("loss", loss), ("recon", recon), ("kl", kl), ("grad_norm", norm_value)):
+            for key, value in (("loss", loss), ("recon", recon), ("kl", kl), ("commitment", commitment),
+                               ("grad_norm", norm_value)):
                 self.sums[key] += value
             self.sums["applied"] += 1
             return None
@@ -334,8 +344,8 @@ class Trainer:
         """Validation metrics (see the module doc), deterministic: z is sampled with a fixed seed."""
         self.model.eval()
         beta, scale = self.config.loss.beta, self.config.data.scale
-        count, recon, kl, sq_err, real = 0, 0.0, 0.0, 0.0, 0.0
-        latents = LatentStats(self.config.model.latent)
+        count, recon, kl, commitment, sq_err, real = 0, 0.0, 0.0, 0.0, 0.0, 0.0
+        latents = LatentStats()
         devices = [self.device.index or 0] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(self.config.train.seed)
@@ -348,34 +358,45 @@ class Trainer:
                 count += n
                 recon += parts["recon"].item() * n
                 kl += parts["kl"].item() * n
+                commitment += parts["commitment"].item() * n
                 shown = to_pixels(out.recon, scale, inputs.mean, inputs.std).float()
                 mask = box_masks(batch.boxes, *batch.pixels.shape[1:3]).permute(0, 2, 3, 1)
                 sq_err += (((shown - batch.pixels.float()) / 255.0) ** 2 * mask).sum().item()
                 real += mask.sum().item() * batch.pixels.shape[3]
-                latents.update(out.mu, out.logvar)
+                latents.update(out.posterior)
         self.model.train()
         if count == 0:
             return {}
         mse = sq_err / max(real, 1.0)
         stats = latents.result()
-        return {"val_loss": (recon + beta * kl) / count, "val_recon": recon / count, "val_kl": kl / count,
-                "val_mse": mse, "val_psnr": 10 * math.log10(1.0 / mse) if mse > 0 else 100.0,
-                "val_active_units": stats["active_units"],
-                "val_kl_per_dim": [significant(v) for v in stats["kl_per_dim"]]}
+        record = {"val_loss": (recon + beta * kl + commitment) / count, "val_recon": recon / count,
+                  "val_kl": kl / count if self.has_kl else None,
+                  "val_mse": mse, "val_psnr": 10 * math.log10(1.0 / mse) if mse > 0 else 100.0,
+                  "val_active_units": stats["active_units"],
+                  "val_kl_per_dim": None if stats["kl_per_dim"] is None else [significant(v) for v in stats["kl_per_dim"]]}
+        if not self.has_kl:
+            record.update({"val_commitment": commitment / count, "val_codebook_usage": stats["codebook_usage"],
+                           "val_perplexity": stats["perplexity"]})
+        return record
 
     @torch.no_grad()
     def reconstruction_grid(self, batch: Batch) -> np.ndarray:
-        """Originals (top row) above their reconstructions from the posterior mean, in image pixels."""
+        """Originals (top row) above their reconstructions from the posterior mode, in image pixels.
+        Padding shows as padding (the original's pad colour), not as what the model paints where
+        the loss never looked."""
         self.model.eval()
         inputs = to_model_input(batch, self.config.data.scale, self.device)
-        mu, _ = self.model.encode(inputs.x)
-        shown = to_pixels(self.model.decode(mu), self.config.data.scale, inputs.mean, inputs.std)
+        decoded = self.model.decode(self.model.encode(inputs.x).mode())
+        shown = keep_padding(to_pixels(decoded, self.config.data.scale, inputs.mean, inputs.std), batch)
         self.model.train()
         return image_grid(torch.cat([batch.pixels, shown]).numpy(), columns=len(batch))
 
     @torch.no_grad()
-    def sample_grid(self, count: int, columns: int = 8) -> np.ndarray:
-        """Decoded prior samples; the same noise every epoch, so the grids show training progress."""
+    def sample_grid(self, count: int, columns: int = 8) -> Optional[np.ndarray]:
+        """Decoded prior samples; the same noise every epoch, so the grids show training progress.
+        None for a family without a prior (vq)."""
+        if not self.model.has_prior:
+            return None
         self.model.eval()
         generator = torch.Generator().manual_seed(self.config.train.seed)
         samples = to_pixels(self.model.sample(count, generator=generator), self.config.data.scale)
@@ -451,7 +472,10 @@ class Trainer:
         applied = max(s["applied"], 1)
         mean = (lambda key: s[key] / applied) if s["applied"] else (lambda key: None)
         record = {"epoch": self.epoch + 1, "step": self.step, "time_s": round(self.elapsed(), 3),
-                  "train_loss": mean("loss"), "train_recon": mean("recon"), "train_kl": mean("kl")}
+                  "train_loss": mean("loss"), "train_recon": mean("recon"),
+                  "train_kl": mean("kl") if self.has_kl else None}
+        if not self.has_kl:
+            record["train_commitment"] = mean("commitment")
         record.update({"val_loss": None, "val_recon": None, "val_kl": None, "val_mse": None, "val_psnr": None,
                        "val_active_units": None, "val_kl_per_dim": None})
         if val is not None:

@@ -1,4 +1,4 @@
-"""The convolutional VAE, declared entirely by `ModelConfig`.
+"""kind: vector, the convolutional VAE with one latent vector per image, declared entirely by `ModelConfig`.
 
     x (N, C, H, W)
       -> conv blocks (filters, kernel, stride; 'same' padding, so each side becomes ceil(side / stride))
@@ -17,21 +17,15 @@ computed on logits, which is exact and never overflows.
 from __future__ import annotations
 
 import math
-from typing import NamedTuple, Optional
+from typing import Optional
 
 import torch
 from torch import Tensor, nn
 
 from vaelab.config import ModelConfig
 from vaelab.errors import VaelabError
-
-
-class VAEOutput(NamedTuple):
-    recon: Tensor  # (N, C, H, W), after the output activation: what the images show
-    mu: Tensor  # (N, latent)
-    logvar: Tensor  # (N, latent)
-    z: Tensor  # (N, latent), the sample that was decoded
-    logits: Tensor  # (N, C, H, W), before the output activation
+from vaelab.model.contract import VAEOutput, check_input, decode_posterior, sample_standard_normal
+from vaelab.model.posterior import DiagonalGaussian
 
 
 ACTIVATIONS = {
@@ -97,6 +91,9 @@ class UpConv(nn.Module):
 
 
 class ConvVAE(nn.Module):
+    family = "vector"
+    has_prior = True  # N(0, I)
+
     def __init__(self, config: ModelConfig, image_size: tuple[int, int], channels: int = 3):
         super().__init__()
         layers = config.conv
@@ -106,6 +103,8 @@ class ConvVAE(nn.Module):
         self.image_size = (height, width)
         self.channels = channels
         self.latent = config.latent
+        self.latent_shape = (config.latent,)
+        self.noise_shape: Optional[tuple[int, ...]] = self.latent_shape  # what forward's noise must be, per image
         act = ACTIVATIONS[config.activation]
 
         # Encoder. feature_sizes[i] is the input size of conv layer i; the last entry is the
@@ -143,24 +142,11 @@ class ConvVAE(nn.Module):
 
         init_weights(self, config.init, config.activation)
 
-    def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """(mu, logvar) of q(z|x), each (N, latent)."""
-        if tuple(x.shape[-2:]) != self.image_size or x.shape[-3] != self.channels:
-            # Otherwise the dense layer fails with a bare matrix-shape error.
-            h, w = self.image_size
-            raise VaelabError(
-                f"the model takes {self.channels}x{h}x{w} images (data.size: [{h}, {w}]),"
-                f" got {'x'.join(map(str, x.shape[-3:]))}; fit the images to data.size first"
-            )
+    def encode(self, x: Tensor) -> DiagonalGaussian:
+        """q(z|x): mean and log-variance, each (N, latent)."""
+        check_input(x, self.channels, self.image_size)
         h = self.encoder(x)
-        return self.mu(h), self.logvar(h)
-
-    def reparameterize(
-        self, mu: Tensor, logvar: Tensor, generator: Optional[torch.Generator] = None
-    ) -> Tensor:
-        """z = mu + eps * sigma, differentiable in mu and logvar. Samples in train and eval mode."""
-        eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
-        return mu + eps * torch.exp(0.5 * logvar)
+        return DiagonalGaussian(self.mu(h), self.logvar(h))
 
     def decode_logits(self, z: Tensor) -> Tensor:
         """Decoder output before the output activation, (N, C, H, W)."""
@@ -170,23 +156,14 @@ class ConvVAE(nn.Module):
         """Images for latents z, after the output activation, (N, C, H, W)."""
         return self.output_activation(self.decode_logits(z))
 
-    def forward(self, x: Tensor) -> VAEOutput:
-        mu, logvar = self.encode(x)
-        z = self.reparameterize(mu, logvar)
-        logits = self.decode_logits(z)
-        return VAEOutput(recon=self.output_activation(logits), mu=mu, logvar=logvar, z=z, logits=logits)
+    def forward(self, x: Tensor, noise: Optional[Tensor] = None) -> VAEOutput:
+        """noise: the standard-normal draw for z, (N, latent); None draws it from the global RNG."""
+        return decode_posterior(self, self.encode(x), noise)
 
     @torch.no_grad()
     def sample(self, n: int, generator: Optional[torch.Generator] = None) -> Tensor:
-        """Decode n draws from the prior N(0, I). Same generator state -> same images.
-
-        The noise is drawn on the generator's device (so a CPU generator gives the same images
-        on any device) and then moved to the model. Call model.eval() first when norm is 'batch'.
-        """
-        device = next(self.parameters()).device
-        noise_device = generator.device if generator is not None else device
-        z = torch.randn(n, self.latent, generator=generator, device=noise_device)
-        return self.decode(z.to(device))
+        """Decode n draws from the prior N(0, I). Same generator state -> same images."""
+        return sample_standard_normal(self, n, generator)
 
 
 def check_strides(config: ModelConfig, height: int, width: int) -> None:
@@ -231,13 +208,3 @@ def init_weights(model: nn.Module, scheme: str, activation: str) -> None:
             raise VaelabError(f"model.init: unknown scheme {scheme!r}")
         if module.bias is not None:
             nn.init.zeros_(module.bias)
-
-
-def build_model(config: ModelConfig, image_size: tuple[int, int] | list[int], channels: int = 3) -> ConvVAE:
-    """The VAE for images of `image_size` = (height, width), i.e. data.size."""
-    return ConvVAE(config, tuple(image_size), channels=channels)
-
-
-def count_parameters(model: nn.Module) -> int:
-    """Number of trainable parameters."""
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
