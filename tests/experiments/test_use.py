@@ -1,7 +1,9 @@
 """Using a trained run: encode -> decode restores each image's size and aspect ratio, reconstruct
-crops a padded image back to its own shape, sample / interpolate / traverse grids, bad input.
+crops a padded image back to its own shape, sample / interpolate / traverse grids, bad input;
+and the same commands on the spatial and vq families.
 
-One tiny run (32x32 px, pad, latent 6) is trained once for the module, in a few seconds."""
+One tiny run (32x32 px, pad, latent 6) is trained once for the module, and a tiny spatial and
+vq run (16x16 px, one epoch) each once, in a few seconds."""
 
 from __future__ import annotations
 
@@ -82,8 +84,11 @@ def test_encode_then_decode_gives_images_of_the_original_size_and_aspect_ratio(t
         assert set(file.files) == set(lat.LATENTS_KEYS)
         assert file["mu"].shape == (18, LATENT) and file["mu"].dtype == np.float32
         assert np.isfinite(file["mu"]).all() and file["logvar"].shape == (18, LATENT)
+        assert file["codes"].shape == (18, 0)  # only a vq latent has codes
         ids = [str(i) for i in file["ids"]]
-        assert json.loads(str(file["meta"]))["format"] == "vaelab-latents"
+        meta = json.loads(str(file["meta"]))
+    assert meta["format"] == "vaelab-latents" and meta["version"] == lat.LATENTS_VERSION == 2
+    assert meta["family"] == "vector" and meta["latent_shape"] == [LATENT] and meta["latent"] == LATENT
     assert sorted(ids) == sorted(p.relative_to(images).as_posix() for p in images.rglob("*.jpg"))
 
     written = lat.decode(run_dir, latents, tmp_path / "decoded", device="cpu")
@@ -226,11 +231,18 @@ def test_bad_inputs_are_one_line_errors_naming_the_file(trained, tmp_path):
     lat.encode(run_dir, latents, split="val", device="cpu")
     with np.load(latents, allow_pickle=False) as file:
         arrays = {k: file[k] for k in file.files}
+    meta = json.loads(str(arrays["meta"]))
     wrong = dict(arrays, mu=np.zeros((len(arrays["ids"]), LATENT + 2), np.float32),
-                 logvar=np.zeros((len(arrays["ids"]), LATENT + 2), np.float32))
+                 logvar=np.zeros((len(arrays["ids"]), LATENT + 2), np.float32),
+                 meta=np.array(json.dumps({**meta, "latent_shape": [LATENT + 2], "run": "runs/other"})))
     lat.write_latents(tmp_path / "wrong.npz", wrong)
-    with pytest.raises(VaelabError, match=r"wrong.npz: latents of size 8, but this run's model has model.latent 6"):
+    with pytest.raises(VaelabError, match=r"wrong.npz: latents of shape \(8,\) from a model.kind vector model, but"
+                                          r" this run's model takes \(6,\) .*\(runs/other\)"):
         lat.decode(run_dir, tmp_path / "wrong.npz", tmp_path / "d", device="cpu")
+    # The arrays must have the shape meta says: a file that disagrees with itself is damaged.
+    lat.write_latents(tmp_path / "damaged.npz", dict(wrong, meta=arrays["meta"]))
+    with pytest.raises(VaelabError, match=r"damaged.npz: 'mu' has shape \(\d+, 8\), expected \(\d+, 6\).*damaged"):
+        lat.decode(run_dir, tmp_path / "damaged.npz", tmp_path / "d", device="cpu")
     np.savez(tmp_path / "pickled.npz", **dict(arrays, ids=np.array(list(arrays["ids"]), dtype=object)))
     with pytest.raises(VaelabError, match="pickled.npz: not a readable vaelab latents file"):
         lat.decode(run_dir, tmp_path / "pickled.npz", tmp_path / "d", device="cpu")
@@ -257,9 +269,189 @@ def test_use_commands_on_the_command_line(trained, tmp_path, capsys):
     cli.main(["reconstruct", str(run_dir), str(files[0]), "--out", str(tmp_path / "r"), "--device", "cpu"])
     cli.main(["interpolate", str(run_dir), str(files[0]), str(files[1]), "--out", str(tmp_path / "i.png")])
     cli.main(["traverse", str(run_dir), "--dims", "2", "--out", str(tmp_path / "t.png")])
+    assert "dimensions " in capsys.readouterr().out
     assert (tmp_path / "r" / "standing-000.png").is_file() and (tmp_path / "i.png").is_file()
     assert Image.open(tmp_path / "t.png").size == grid_size(2, 7)
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["reconstruct", str(run_dir), str(tmp_path / "none.jpg"), "--out", str(tmp_path / "r")])
     assert exit_info.value.code == 2
     assert "none.jpg: file not found" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------------------
+# the spatial and vq families
+# --------------------------------------------------------------------------------------------
+
+SMALL = 16  # px: two levels halve it once, an 8x8 latent map
+FAMILY_MODELS = {
+    "spatial": "{kind: spatial, channels: [8, 16], norm_groups: 8, z_channels: 2}",
+    "vq": "{kind: vq, channels: [8, 16], norm_groups: 8, code_dim: 4, codebook_size: 16}",
+}
+FAMILY_SHAPES = {"spatial": (2, 8, 8), "vq": (4, 8, 8)}
+
+
+def train_family(tmp: Path, images: Path, family: str) -> Path:
+    from vaelab.runs import train_run
+
+    config = load_config(None, [
+        f"data.images={images}", f"data.size=[{SMALL}, {SMALL}]", "data.fit=pad", "data.workers=0",
+        f"data.cache_dir={tmp / 'cache'}", f"model={FAMILY_MODELS[family]}", "train.epochs=1",
+        "train.batch_size=4", f"run.root={tmp / family}", "run.tensorboard=false", "run.images=2"])
+    return train_run(config, progress=False)
+
+
+@pytest.fixture(scope="module")
+def families(tmp_path_factory) -> tuple[dict[str, Path], Path]:
+    """({family: run folder} for spatial and vq, images folder)."""
+    tmp = tmp_path_factory.mktemp("families")
+    images = make_images(tmp / "images")
+    return {family: train_family(tmp, images, family) for family in FAMILY_MODELS}, images
+
+
+@pytest.mark.parametrize("family", ["spatial", "vq"])
+def test_family_encode_decode_gives_the_reconstructions(families, family, tmp_path):
+    runs, images = families
+    run_dir = runs[family]
+    latents = tmp_path / "latents.npz"
+    summary = lat.encode(run_dir, latents, device="cpu")
+    shape = FAMILY_SHAPES[family]
+    assert summary["images"] == 18 and summary["family"] == family and summary["latent_shape"] == list(shape)
+    with np.load(latents, allow_pickle=False) as file:
+        assert set(file.files) == set(lat.LATENTS_KEYS)
+        meta = json.loads(str(file["meta"]))
+        mu, logvar, codes = file["mu"], file["logvar"], file["codes"]
+        ids = [str(i) for i in file["ids"]]
+    assert meta["family"] == family and meta["latent_shape"] == list(shape) and meta["version"] == 2
+    assert mu.shape == (18, *shape) and mu.dtype == np.float32 and np.isfinite(mu).all()
+    if family == "vq":
+        assert logvar.shape == (18, 0) and codes.shape == (18, 8, 8) and codes.dtype == np.int32
+        assert 0 <= codes.min() and codes.max() < 16
+    else:
+        assert logvar.shape == mu.shape and codes.shape == (18, 0)
+
+    decoded = lat.decode(run_dir, latents, tmp_path / "decoded", device="cpu", full_size=False)
+    assert len(decoded) == 18
+    files = [images / identifier for identifier in ids]
+    pairs = use.reconstruct(run_dir, files, tmp_path / "recon", device="cpu")
+    for path, pair_path in zip(decoded, pairs):
+        from_latents = np.asarray(Image.open(path)).astype(int)
+        pair = np.asarray(Image.open(pair_path)).astype(int)
+        width = pair.shape[1] // 2
+        reconstruction = pair[:, width:]
+        assert from_latents.shape == reconstruction.shape and max(from_latents.shape[:2]) == SMALL
+        # The same latent decoded (a vq file: from its codes), up to float rounding in the decoder.
+        assert np.abs(from_latents - reconstruction).max() <= 1
+        assert (from_latents != reconstruction).mean() < 0.01
+
+    if family == "vq":  # decoding reads the codes, not mu
+        with np.load(latents, allow_pickle=False) as file:
+            arrays = {k: file[k] for k in file.files}
+        lat.write_latents(tmp_path / "no-mu.npz", dict(arrays, mu=np.zeros_like(arrays["mu"])))
+        again = lat.decode(run_dir, tmp_path / "no-mu.npz", tmp_path / "again", device="cpu", full_size=False)
+        assert all(np.array_equal(np.asarray(Image.open(a)), np.asarray(Image.open(b))) for a, b in zip(decoded, again))
+
+
+def test_a_version_1_latents_file_still_decodes(trained, tmp_path):
+    run_dir, _ = trained
+    latents = tmp_path / "latents.npz"
+    lat.encode(run_dir, latents, split="val", device="cpu")
+    with np.load(latents, allow_pickle=False) as file:
+        arrays = {k: file[k] for k in file.files}
+    del arrays["codes"]
+    meta = json.loads(str(arrays["meta"]))
+    old = {k: v for k, v in meta.items() if k not in ("family", "latent_shape")}
+    old["version"] = 1  # as vaelab wrote it before the spatial and vq families: no codes, no family
+    lat.write_latents(tmp_path / "v1.npz", dict(arrays, meta=np.array(json.dumps(old))))
+    with np.load(tmp_path / "v1.npz", allow_pickle=False) as file:
+        assert "codes" not in file.files
+    read = lat.read_latents(tmp_path / "v1.npz", (LATENT,), "vector")
+    assert read["meta"]["family"] == "vector" and read["meta"]["latent_shape"] == [LATENT]
+    assert read["codes"].shape == (len(arrays["ids"]), 0)
+    new = lat.decode(run_dir, latents, tmp_path / "new", device="cpu")
+    v1 = lat.decode(run_dir, tmp_path / "v1.npz", tmp_path / "v1", device="cpu")
+    assert len(v1) == len(new) > 0
+    assert all(np.array_equal(np.asarray(Image.open(a)), np.asarray(Image.open(b))) for a, b in zip(new, v1))
+    lat.write_latents(tmp_path / "v3.npz", dict(arrays, meta=np.array(json.dumps({**meta, "version": 3}))))
+    with pytest.raises(VaelabError, match="v3.npz: not a vaelab-latents file of version 1 or 2"):
+        lat.decode(run_dir, tmp_path / "v3.npz", tmp_path / "v3", device="cpu")
+
+
+def test_latents_of_another_shape_or_family_are_a_one_line_error(families, trained, tmp_path):
+    runs, _ = families
+    spatial = tmp_path / "spatial.npz"
+    lat.encode(runs["spatial"], spatial, split="val", device="cpu")
+    for other in (runs["vq"], trained[0]):
+        with pytest.raises(VaelabError) as error:
+            lat.decode(other, spatial, tmp_path / "d", device="cpu")
+        message = str(error.value)
+        assert "\n" not in message and message.startswith(f"{spatial}: latents of shape (2, 8, 8)")
+        assert "model.kind spatial" in message and str(runs["spatial"].absolute()) in message
+        assert ("takes (4, 8, 8) (model.kind vq)" if other == runs["vq"] else "takes (6,) (model.kind vector)") in message
+    # The same shape from another family (a vq run with code_dim 2 takes (2, 8, 8) too) is refused as well.
+    with pytest.raises(VaelabError, match=r"model.kind spatial model, but this run's model takes \(2, 8, 8\) \(model.kind vq\)"):
+        lat.read_latents(spatial, (2, 8, 8), "vq")
+    assert lat.read_latents(spatial, (2, 8, 8), "spatial")["mu"].shape[1:] == (2, 8, 8)
+    assert not (tmp_path / "d").exists()
+
+
+def test_sample_on_a_spatial_run_and_not_on_a_vq_run(families, tmp_path, capsys):
+    from vaelab import cli
+
+    runs, _ = families
+    a = use.sample(runs["spatial"], tmp_path / "a.png", count=4, seed=1, device="cpu")
+    b = use.sample(runs["spatial"], tmp_path / "b.png", count=4, seed=1, device="cpu")
+    assert Image.open(a).size == grid_size(2, 2, SMALL, SMALL)
+    assert np.array_equal(np.asarray(Image.open(a)), np.asarray(Image.open(b)))
+
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["sample", str(runs["vq"]), "--out", str(tmp_path / "vq.png"), "--device", "cpu"])
+    assert exit_info.value.code == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    assert "Traceback" not in captured.out + captured.err and len(err.splitlines()) == 1
+    assert err.startswith("error: sample:") and "model.kind vq" in err and "no prior" in err
+    assert not (tmp_path / "vq.png").exists()
+
+
+def test_traverse_a_spatial_run_by_channel_and_refuse_a_vq_run(families, tmp_path):
+    runs, images = families
+    copy = tmp_path / "run"
+    shutil.copytree(runs["spatial"], copy)
+    rows = [json.loads(line) for line in (copy / "metrics.jsonl").read_text().splitlines()]
+    kl = rows[-1]["val_kl_per_dim"]
+    assert len(kl) == 2  # one KL per latent channel
+    result = use.traverse(copy, tmp_path / "t.png", dims=8, steps=5, device="cpu")
+    assert result["unit"] == "channel" and result["ranked_by"] == "metrics.jsonl (last epoch)"
+    assert result["dims"] == sorted(range(2), key=lambda c: -kl[c])  # only 2 channels to show
+    assert Image.open(result["file"]).size == grid_size(rows=2, columns=5, height=SMALL, width=SMALL)
+    grid = np.asarray(Image.open(result["file"]))
+    cell = lambda r, c: grid[GAP + r * (SMALL + GAP):][:SMALL, GAP + c * (SMALL + GAP):][:, :SMALL]  # noqa: E731
+    assert np.array_equal(cell(0, 2), cell(1, 2))  # the middle column is the base (0) in both rows
+    assert not np.array_equal(cell(0, 0), cell(0, 4))  # shifting a channel's map changes the image
+
+    (copy / "metrics.jsonl").write_text("".join(json.dumps({**r, "val_kl_per_dim": None}) + "\n" for r in rows))
+    image = next(images.rglob("*.jpg"))
+    around = use.traverse(copy, tmp_path / "u.png", dims=1, image=image, device="cpu")
+    assert around["ranked_by"] == "the image's own KL" and len(around["dims"]) == 1
+    assert Image.open(around["file"]).size == grid_size(rows=1, columns=7, height=SMALL, width=SMALL)
+    (copy / "evaluation.json").write_text(json.dumps({"kl_per_dim": [0.5, 4.0]}))
+    assert use.traverse(copy, tmp_path / "v.png", device="cpu")["dims"] == [1, 0]
+
+    with pytest.raises(VaelabError, match=r"traverse: .* model.kind vq run, whose latent is quantized") as error:
+        use.traverse(runs["vq"], tmp_path / "q.png", device="cpu")
+    assert "\n" not in str(error.value) and not (tmp_path / "q.png").exists()
+
+
+def test_interpolate_a_vq_run_between_the_quantized_maps(families, tmp_path):
+    runs, images = families
+    first, second = sorted(images.rglob("*.jpg"))[:2]
+    path = use.interpolate(runs["vq"], first, second, tmp_path / "strip.png", steps=3, device="cpu")
+    assert Image.open(path).size == grid_size(rows=1, columns=5, height=SMALL, width=SMALL)
+    strip = np.asarray(Image.open(path))
+    cell = lambda i: strip[GAP:GAP + SMALL, GAP + i * (SMALL + GAP):][:, :SMALL]  # noqa: E731
+    # The ends of the line are the two images' own codes, decoded.
+    run = use.load_run(runs["vq"], device="cpu")
+    encoded = use.encode_files(run, use.fit_files(run, [first, second]))
+    ends = use.decode_pixels(run, encoded.codes, encoded.mean, encoded.std, codes=True)
+    assert np.array_equal(cell(1), ends[0]) and np.array_equal(cell(3), ends[1])
+    assert np.array_equal(cell(0), load_fitted(first, (SMALL, SMALL), "pad").pixels)

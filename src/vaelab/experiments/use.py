@@ -1,5 +1,11 @@
 """Use a trained run: reconstruct, sample, interpolate and traverse (and the shared pieces of encode/decode).
 
+Every model family works (`vaelab.model`): a latent is whatever shape the run's model has,
+`run.model.latent_shape` ((latent,) for vector, (channels, h, w) for spatial and vq), and an
+image's latent here is its posterior mode (the Gaussian's mean, the vq model's quantized map).
+What has no meaning for a family is a one-line VaelabError: `sample` on a family without a prior
+(vq, until priors over codes exist) and `traverse` on a quantized latent.
+
 Image files are fitted exactly as in training (data.size, fit, pad_value, scale); bbox_crop
 does not apply to a loose file, which has no metadata bbox. Every output is mapped back to
 uint8 image pixels with `to_pixels` and written as PNG atomically (`save_png`). Reconstructions
@@ -29,7 +35,7 @@ from vaelab.data.images import load_fitted, read_size
 from vaelab.data.loader import Batch
 from vaelab.data.scaling import to_model_input, to_pixels
 from vaelab.errors import VaelabError
-from vaelab.losses import kl_divergence
+from vaelab.model.posterior import DiagonalGaussian
 from vaelab.runs import LoadedRun, load_run
 
 CHUNK = 64  # images per forward pass: bounded memory for any number of inputs
@@ -44,10 +50,17 @@ PathLike = Union[str, Path]
 
 @dataclass
 class Encoded:
-    mu: Tensor  # (N, latent), CPU
-    logvar: Tensor
+    """Posteriors of N images, on the CPU."""
+
+    mode: Tensor  # (N, *latent_shape) float32: the Gaussian's mean, or the vq model's quantized map
+    logvar: Optional[Tensor]  # the Gaussian's log-variance, the shape of mode; None for a quantized latent
+    codes: Optional[Tensor]  # (N, h, w) int64: the code of every position of a quantized latent; else None
     mean: Optional[Tensor]  # (N, 1, 1, 1) pixel units, data.scale standardize only
     std: Optional[Tensor]
+
+    def channel_kl(self) -> Optional[Tensor]:
+        """KL of each image's latent channels (nats, summed over positions), (N, channels); None for vq."""
+        return None if self.logvar is None else DiagonalGaussian(self.mode, self.logvar).channel_kl()
 
 
 @torch.no_grad()
@@ -58,21 +71,26 @@ def encode_pixels(run: LoadedRun, pixels: Tensor, boxes: Tensor) -> Encoded:
     training."""
     batch = Batch(pixels, boxes, torch.arange(len(pixels)))
     inputs = to_model_input(batch, run.data.scale, run.device)
-    mu, logvar = run.model.encode(inputs.x)
+    posterior = run.model.encode(inputs.x)
     cpu = lambda t: None if t is None else t.float().cpu()  # noqa: E731
-    return Encoded(mu.float().cpu(), logvar.float().cpu(), cpu(inputs.mean), cpu(inputs.std))
+    logvar = getattr(posterior, "logvar", None)
+    codes = getattr(posterior, "codes", None)
+    return Encoded(posterior.mode().float().cpu(), cpu(logvar), None if codes is None else codes.long().cpu(),
+                   cpu(inputs.mean), cpu(inputs.std))
 
 
 @torch.no_grad()
 def decode_pixels(run: LoadedRun, z: Tensor, mean: Optional[Tensor] = None,
-                  std: Optional[Tensor] = None) -> np.ndarray:
-    """Latents (N, latent) -> uint8 images (N, H, W, 3). mean/std: standardize's per-image
+                  std: Optional[Tensor] = None, codes: bool = False) -> np.ndarray:
+    """Latents (N, *latent_shape) -> uint8 images (N, H, W, 3); with `codes`, z is a vq model's
+    code maps (N, h, w), decoded by its `decode_codes`. mean/std: standardize's per-image
     statistics; without them `to_pixels` uses its dataset-typical fallback."""
+    decode = run.model.decode_codes if codes else run.model.decode
     out = []
     for start in range(0, len(z), CHUNK):
         part = slice(start, start + CHUNK)
         m, s = (None, None) if mean is None or std is None else (mean[part].to(run.device), std[part].to(run.device))
-        out.append(to_pixels(run.model.decode(z[part].to(run.device)), run.data.scale, m, s).numpy())
+        out.append(to_pixels(decode(z[part].to(run.device)), run.data.scale, m, s).numpy())
     return np.concatenate(out) if out else np.zeros((0, *run.data.size, 3), np.uint8)
 
 
@@ -158,7 +176,11 @@ def encode_files(run: LoadedRun, files: list[FileImage]) -> Encoded:
         pixels = torch.from_numpy(np.stack([f.pixels for f in chunk]))
         parts.append(encode_pixels(run, pixels, torch.tensor([f.box for f in chunk], dtype=torch.int64)))
     cat = lambda key: None if getattr(parts[0], key) is None else torch.cat([getattr(p, key) for p in parts])  # noqa: E731
-    return Encoded(cat("mu"), cat("logvar"), cat("mean"), cat("std"))
+    return Encoded(cat("mode"), cat("logvar"), cat("codes"), cat("mean"), cat("std"))
+
+
+def family_error(run: LoadedRun, command: str, why: str, instead: str) -> VaelabError:
+    return VaelabError(f"{command}: {run.run_dir} is a model.kind {run.model.family} run, {why}; {instead}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -169,7 +191,8 @@ def encode_files(run: LoadedRun, files: list[FileImage]) -> Encoded:
 def reconstruct(run_dir: PathLike, images: Sequence[PathLike], out_dir: PathLike, checkpoint: str = "best",
                 device: str = "auto", full_size: bool = False) -> list[Path]:
     """For each image, OUT_DIR/<name>.png: the fitted original | its reconstruction from the
-    posterior mean, side by side, each cropped to the content box (the original aspect ratio).
+    posterior mode (the mean; the quantized map for vq), side by side, each cropped to the
+    content box (the original aspect ratio).
 
     Both halves are at the model's resolution (a stretched image is resized back to its aspect
     ratio), or at the original image's size with full_size.
@@ -183,7 +206,7 @@ def reconstruct(run_dir: PathLike, images: Sequence[PathLike], out_dir: PathLike
         if (out_dir / name).resolve() in inputs:
             raise VaelabError(f"{out_dir / name}: writing there would overwrite an input image; choose another --out")
     encoded = encode_files(run, files)
-    shown = decode_pixels(run, encoded.mu, encoded.mean, encoded.std)
+    shown = decode_pixels(run, encoded.mode, encoded.mean, encoded.std)
     written = []
     for f, recon, name in zip(files, shown, names):
         size = f.region if full_size else within(f.region, run.data.size)
@@ -194,20 +217,29 @@ def reconstruct(run_dir: PathLike, images: Sequence[PathLike], out_dir: PathLike
 
 def sample(run_dir: PathLike, out: PathLike, count: int = 16, seed: int = 0, columns: Optional[int] = None,
            checkpoint: str = "best", device: str = "auto") -> Path:
-    """A grid of `count` decoded draws from the prior N(0, I); the same seed gives the same grid."""
+    """A grid of `count` decoded draws from the prior N(0, I) of the model's latent shape; the
+    same seed gives the same grid. A family without a prior (vq) is a one-line error."""
     if count < 1:
         raise VaelabError(f"-n {count}: the number of samples must be at least 1")
     run = load_run(run_dir, checkpoint, device)
-    z = torch.randn(count, run.config.model.latent, generator=torch.Generator().manual_seed(seed))
+    if not run.model.has_prior:
+        raise family_error(run, "sample", "which has no prior to sample from yet (a prior over its codes comes with"
+                           " the priors issue)", "use reconstruct, interpolate or decode instead")
+    z = torch.randn(count, *run.model.latent_shape, generator=torch.Generator().manual_seed(seed))
     images = decode_pixels(run, z)
     return save_png(image_grid(images, columns or math.ceil(math.sqrt(count))), Path(out))
 
 
 def interpolate(run_dir: PathLike, image_a: PathLike, image_b: PathLike, out: PathLike, steps: int = 8,
                 checkpoint: str = "best", device: str = "auto") -> Path:
-    """A strip: fitted A | `steps` decodings along the straight line from mu(A) to mu(B) | fitted B.
+    """A strip: fitted A | `steps` decodings along the straight line between the posterior modes
+    of A and B | fitted B.
 
     The decodings are model-size frames (they blend two content boxes, so none is cropped).
+    Vector and spatial: the line between the two means. vq: the line between the two quantized
+    maps, each frame decoded as it is, not quantized again: the frames between the ends lie off
+    the codebook, so they show how the decoder treats a blend of codes (the ends are exactly the
+    images' reconstructions).
     """
     if steps < 2:
         raise VaelabError(f"--steps {steps}: an interpolation needs at least 2 steps")
@@ -215,7 +247,7 @@ def interpolate(run_dir: PathLike, image_a: PathLike, image_b: PathLike, out: Pa
     a, b = fit_files(run, [image_a, image_b])
     encoded = encode_files(run, [a, b])
     t = torch.linspace(0, 1, steps)
-    z = lerp(encoded.mu, t)
+    z = lerp(encoded.mode, t)
     mean, std = (None, None) if encoded.mean is None else (lerp(encoded.mean, t), lerp(encoded.std, t))
     frames = decode_pixels(run, z, mean, std)
     strip = np.concatenate([a.pixels[None], frames, b.pixels[None]])
@@ -233,33 +265,46 @@ def traverse(run_dir: PathLike, out: PathLike, dims: int = 8, image: Optional[Pa
     """A grid with one row per latent dimension: that dimension set to base + v for v evenly from
     -span to span, the others held at the base (the image's posterior mean, or 0).
 
-    Rows are the `dims` dimensions with the most KL (from evaluation.json, else the last
-    metrics.jsonl record with val_kl_per_dim, else the image's own KL), else dimensions 0, 1, ...
-    Returns {"file", "dims", "ranked_by"}.
+    A spatial latent is traversed by channel: a row shifts that channel's whole map by v
+    (base + v at every position), the other channels held. A quantized latent (vq) cannot be
+    traversed (its codes are categories, with no direction to move along): a one-line error.
+
+    Rows are the `dims` dimensions (channels) with the most KL (from evaluation.json, else the
+    last metrics.jsonl record with val_kl_per_dim, else the image's own KL; all per channel),
+    else dimensions 0, 1, ...
+    Returns {"file", "dims", "ranked_by", "unit"}; unit is "dimension" or "channel".
     """
     if dims < 1 or steps < 2 or not span > 0:
         raise VaelabError("traverse: --dims must be >= 1, --steps >= 2 and --range > 0")
     run = load_run(run_dir, checkpoint, device)
-    latent = run.config.model.latent
-    base, mean, std, own_kl = torch.zeros(latent), None, None, None
+    if run.model.family == "vq":
+        raise family_error(run, "traverse", "whose latent is quantized: a code is a category, not a point on an"
+                           " axis, so moving one latent channel from -R to +R has no meaning",
+                           "use interpolate to go from one image to another")
+    shape = tuple(run.model.latent_shape)
+    channels = shape[0]
+    base, mean, std, own_kl = torch.zeros(shape), None, None, None
     if image is not None:
         encoded = encode_files(run, fit_files(run, [image]))
-        base, mean, std = encoded.mu[0], encoded.mean, encoded.std
-        own_kl = kl_divergence(encoded.mu, encoded.logvar)[0].tolist()
-    order, ranked_by = dims_by_kl(Path(run_dir), latent, own_kl)
-    chosen = order[:min(dims, latent)]
-    values = torch.linspace(-span, span, steps)
-    z = base.repeat(len(chosen) * steps, 1)
+        base, mean, std = encoded.mode[0], encoded.mean, encoded.std
+        own_kl = encoded.channel_kl()[0].tolist()
+    order, ranked_by = dims_by_kl(Path(run_dir), channels, own_kl)
+    chosen = order[:min(dims, channels)]
+    values = torch.linspace(-span, span, steps).view(-1, *[1] * (len(shape) - 1))
+    z = base.repeat(len(chosen) * steps, *[1] * len(shape))
     for row, d in enumerate(chosen):
         z[row * steps:(row + 1) * steps, d] = base[d] + values
     if mean is not None:
         mean, std = mean.expand(len(z), -1, -1, -1), std.expand(len(z), -1, -1, -1)
     grid = image_grid(decode_pixels(run, z, mean, std), columns=steps)
-    return {"file": save_png(grid, Path(out)), "dims": chosen, "ranked_by": ranked_by}
+    return {"file": save_png(grid, Path(out)), "dims": chosen, "ranked_by": ranked_by,
+            "unit": "dimension" if len(shape) == 1 else "channel"}
 
 
 def dims_by_kl(run_dir: Path, latent: int, own_kl: Optional[list[float]] = None) -> tuple[list[int], str]:
-    """Latent dimensions ordered by KL, most informative first, and where the KL came from."""
+    """Latent dimensions (the channels of a spatial latent: `latent` of them) ordered by KL, most
+    informative first, and where the KL came from. A KL list of another length (a run evaluated
+    before its KL was per channel) is not used."""
     from vaelab.experiments.evaluate import EVALUATION_FILE
 
     def valid(values) -> bool:
