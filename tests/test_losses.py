@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from vaelab.config import ConvLayer, LossConfig, ModelConfig
 from vaelab.errors import VaelabError
 from vaelab.losses import check_scaling, kl_weight_at, make_log_sigma, vae_loss
-from vaelab.model import VAEOutput, build_model
+from vaelab.model import DiagonalGaussian, VAEOutput, build_model
 
 RECONSTRUCTIONS = [
     {"reconstruction": "mse_sum"},
@@ -23,7 +23,7 @@ def output(logits, mu=None, logvar=None, activation=torch.sigmoid):
     n = logits.shape[0]
     mu = torch.zeros(n, 4) if mu is None else mu
     logvar = torch.zeros(n, 4) if logvar is None else logvar
-    return VAEOutput(recon=activation(logits), mu=mu, logvar=logvar, z=mu, logits=logits)
+    return VAEOutput(recon=activation(logits), posterior=DiagonalGaussian(mu, logvar), z=mu, logits=logits)
 
 
 def linear(recon, mu=None, logvar=None):
@@ -221,7 +221,7 @@ def test_only_the_loss_carries_a_graph_and_every_value_is_a_scalar():
     mu, logvar = torch.randn(2, 4, requires_grad=True), torch.randn(2, 4, requires_grad=True)
     config = LossConfig(reconstruction="gaussian")
     parts = vae_loss(output(logits, mu, logvar), torch.rand(2, 3, 4, 4), None, config, 1.0)
-    assert set(parts) == {"loss", "recon", "kl", "kl_term", "mse", "sigma"}
+    assert set(parts) == {"loss", "recon", "kl", "kl_term", "commitment", "mse", "sigma"}
     assert all(value.shape == () for value in parts.values())
     assert [key for key, value in parts.items() if value.requires_grad] == ["loss"]
 
@@ -259,3 +259,20 @@ def test_a_tiny_model_overfits_one_batch(reconstruction):
         entropy = F.binary_cross_entropy(images, images, reduction="none").mean(1, keepdim=True)
         floor = (entropy * mask).sum((1, 2, 3)).mean().item()
     assert losses[-1] - floor < 0.5 * (losses[0] - floor)
+
+
+def test_a_quantized_posterior_has_no_kl_and_adds_its_commitment():
+    from vaelab.model import Quantized
+
+    logits = torch.randn(3, 3, 4, 4, requires_grad=True)
+    z_e = torch.randn(3, 2, 2, 2, requires_grad=True)
+    commitment = 0.25 * z_e.pow(2).flatten(1).sum(1)  # as if every code were the zero vector
+    out = VAEOutput(recon=logits, posterior=Quantized(z_e, torch.zeros(3, 2, 2, dtype=torch.long), 4, commitment),
+                    z=z_e, logits=logits)
+    target = torch.rand(3, 3, 4, 4)
+    parts = vae_loss(out, target, None, LossConfig(reconstruction="mse_sum", free_bits=0.5), 1.0)
+    assert parts["kl"] == 0 and parts["kl_term"] == 0  # free bits has nothing to hold up
+    assert torch.allclose(parts["commitment"], commitment.mean())
+    assert torch.allclose(parts["loss"], parts["recon"] + commitment.mean())
+    parts["loss"].backward()
+    assert z_e.grad.abs().sum() > 0  # the commitment pulls the encoder output towards the codes

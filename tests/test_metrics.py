@@ -12,6 +12,7 @@ import torch
 from scipy import ndimage
 
 from vaelab.metrics import LatentStats, box_ssim, cheap_metrics, ssim
+from vaelab.model import DiagonalGaussian as G
 
 
 # --------------------------------------------------------------------------------------------
@@ -83,32 +84,66 @@ def test_latent_stats_streamed_over_batches_equal_the_whole_split():
     mu = torch.stack([torch.randn(50, generator=g), 0.01 * torch.randn(50, generator=g),
                       5 + torch.randn(50, generator=g)], 1)
     logvar = torch.randn(50, 3, generator=g) * 0.3
-    streamed = LatentStats(3)
+    streamed = LatentStats()
     for part in torch.split(torch.arange(50), 7):
-        streamed.update(mu[part], logvar[part])
+        streamed.update(G(mu[part], logvar[part]))
     got = streamed.result()
     assert got["active_units"] == 2
     assert np.allclose(got["mu_variance"], mu.double().var(0).numpy(), rtol=1e-10)
     kl = 0.5 * (mu**2 + logvar.exp() - 1 - logvar)
     assert np.allclose(got["kl_per_dim"], kl.double().mean(0).numpy(), rtol=1e-6)
-    whole = cheap_metrics(mu, logvar)
+    whole = cheap_metrics(G(mu, logvar))
     assert whole["active_units"] == 2
     assert np.allclose(whole["kl_per_dim"], got["kl_per_dim"], rtol=1e-12)
     assert np.allclose(whole["mu_variance"], got["mu_variance"], rtol=1e-12)
 
 
 def test_latent_stats_edge_cases():
-    empty = LatentStats(4)
-    assert empty.result() == {"active_units": None, "kl_per_dim": None, "mu_variance": None}
-    empty.update(torch.zeros(0, 4), torch.zeros(0, 4))  # an empty batch changes nothing
+    empty = LatentStats()
+    assert empty.result() == {"active_units": None, "kl_per_dim": None, "mu_variance": None, "codebook_usage": None,
+                              "perplexity": None}
+    empty.update(G(torch.zeros(0, 4), torch.zeros(0, 4)))  # an empty batch changes nothing
     assert empty.count == 0
-    one = LatentStats(4).update(torch.ones(1, 4), torch.zeros(1, 4))
+    one = LatentStats().update(G(torch.ones(1, 4), torch.zeros(1, 4)))
     got = one.result()
     assert got["active_units"] is None and got["mu_variance"] is None  # a variance needs 2 images
     assert got["kl_per_dim"] == pytest.approx([0.5] * 4)  # KL(N(1, 1) || N(0, 1)) = 1/2
     # Posteriors equal to the prior: no KL, and a mu that never varies is no active unit.
-    prior = LatentStats(3).update(torch.zeros(10, 3), torch.zeros(10, 3)).result()
+    prior = LatentStats().update(G(torch.zeros(10, 3), torch.zeros(10, 3))).result()
     assert prior["active_units"] == 0 and prior["kl_per_dim"] == [0.0, 0.0, 0.0]
+
+
+def test_latent_stats_of_a_spatial_latent_are_per_channel():
+    """A latent map (N, C, h, w): a channel's variance is the mean over its positions of the
+    variance over images, its KL the sum over positions; streaming equals the whole split."""
+    g = torch.Generator().manual_seed(6)
+    mu = torch.randn(30, 3, 4, 5, generator=g)
+    mu[:, 1] = 0.05 * mu[:, 1] + 2.0  # channel 1 hardly varies: inactive
+    logvar = 0.2 * torch.randn(30, 3, 4, 5, generator=g)
+    streamed = LatentStats()
+    for part in torch.split(torch.arange(30), 8):
+        streamed.update(G(mu[part], logvar[part]))
+    got = streamed.result()
+    variance = mu.double().var(0).flatten(1).mean(1)
+    assert np.allclose(got["mu_variance"], variance.numpy(), rtol=1e-10)
+    assert got["active_units"] == 2
+    kl = (0.5 * (mu**2 + logvar.exp() - 1 - logvar)).double().flatten(2).sum(2).mean(0)
+    assert np.allclose(got["kl_per_dim"], kl.numpy(), rtol=1e-6) and len(got["kl_per_dim"]) == 3
+
+
+def test_latent_stats_of_codes_give_usage_and_perplexity():
+    from vaelab.model import Quantized
+
+    def codes(values):
+        c = torch.tensor(values).view(len(values), 1, 1)
+        return Quantized(torch.zeros(len(values), 2, 1, 1), c, 8, torch.zeros(len(values)))
+
+    stats = LatentStats().update(codes([0, 1, 2, 3])).update(codes([0, 1, 2, 3]))
+    got = stats.result()
+    assert got["codebook_usage"] == 0.5  # 4 of 8 codes
+    assert got["perplexity"] == pytest.approx(4.0)  # uniform over 4 codes
+    assert got["active_units"] is None and got["kl_per_dim"] is None
+    assert LatentStats().update(codes([5] * 6)).result()["perplexity"] == pytest.approx(1.0)
 
 
 def test_metrics_draw_no_random_numbers():
@@ -120,7 +155,7 @@ def test_metrics_draw_no_random_numbers():
     torch.manual_seed(5)
     np.random.seed(5)
     before_torch, before_numpy = torch.get_rng_state(), np.random.get_state()[1].copy()
-    LatentStats(5).update(mu[:4], logvar[:4]).update(mu[4:], logvar[4:]).result()
+    LatentStats().update(G(mu[:4], logvar[:4])).update(G(mu[4:], logvar[4:])).result()
     box_ssim(x, y, boxes)
     assert torch.equal(torch.get_rng_state(), before_torch)
     assert np.array_equal(np.random.get_state()[1], before_numpy)

@@ -45,14 +45,20 @@ def make_images(folder: Path, count: int = 30) -> Path:
     return folder
 
 
+VECTOR_MODEL = "{conv: [{filters: 4, kernel: 3, stride: 2}, {filters: 8, kernel: 3, stride: 2}], dense: 16, latent: 4}"
+# The other families at test size: two levels (16 px -> an 8x8 latent map), 8 channels per group.
+FAMILY_MODELS = {
+    "spatial": "{kind: spatial, channels: [8, 16], norm_groups: 8, z_channels: 2}",
+    "vq": "{kind: vq, channels: [8, 16], norm_groups: 8, code_dim: 4, codebook_size: 16}",
+    "fsq": "{kind: vq, quantizer: fsq, levels: [5, 4, 3], channels: [8, 16], norm_groups: 8}",
+}
+
+
 def write_config(folder: Path, images: Path, root: Path, **extra: str) -> Path:
     """A 3-epoch run of 6 batches per epoch, a checkpoint every 3 steps."""
     text = textwrap.dedent(f"""\
         data: {{images: {images}, size: [16, 16], val_fraction: 0.2, workers: {extra.pop('workers', 0)}}}
-        model:
-          conv: [{{filters: 4, kernel: 3, stride: 2}}, {{filters: 8, kernel: 3, stride: 2}}]
-          dense: 16
-          latent: 4
+        model: {extra.pop('model', VECTOR_MODEL)}
         train: {{epochs: 3, batch_size: 4, lr: 0.003, seed: 1}}
         run: {{root: {root}, checkpoint_steps: 3, checkpoint_minutes: null, tensorboard: false, images: 4}}
         """)
@@ -210,6 +216,35 @@ def test_resume_is_exact(tmp_path, reference, die, resume):
         assert all(torch.equal(ours[k], theirs[k]) for k in theirs), name
 
 
+@pytest.mark.parametrize("family", sorted(FAMILY_MODELS))
+def test_resume_is_exact_for_every_family(tmp_path, family):
+    """SIGKILL mid-epoch 2 and resume: the spatial and vq families (EMA codebook, k-means init,
+    dead-code restarts included) end with the same metrics and bitwise the same weights."""
+    images = make_images(tmp_path / "images")
+    results = {}
+    for name, die in (("reference", "none:0"), ("killed", "kill:8")):
+        folder = tmp_path / name
+        folder.mkdir()
+        config = write_config(folder, images, folder / "runs", model=FAMILY_MODELS[family])
+        first = drive(folder, config, "new", die=die)
+        assert first.returncode == (0 if name == "reference" else -9), first.stderr[-2000:]
+        run_dir = only_run(folder / "runs")
+        if name == "killed":
+            train_run(None, resume=run_dir)
+        results[name] = run_dir
+    reference_dir, run_dir = results["reference"], results["killed"]
+    records = metrics(run_dir)
+    assert [UNTIMED(r) for r in records] == [UNTIMED(r) for r in metrics(reference_dir)]
+    assert len(records) == 3 and all(r["val_psnr"] > 0 for r in records)
+    if family == "spatial":
+        assert len(records[-1]["val_kl_per_dim"]) == 2  # one value per latent channel
+    else:
+        assert records[-1]["val_kl"] is None and 0 < records[-1]["val_codebook_usage"] <= 1
+        assert not (run_dir / "samples").exists()  # no prior to sample from yet
+    ours, theirs = weights(run_dir), weights(reference_dir)
+    assert set(ours) == set(theirs) and all(torch.equal(ours[k], theirs[k]) for k in theirs)
+
+
 # --------------------------------------------------------------------------------------------
 # auto-resume picks the right run
 # --------------------------------------------------------------------------------------------
@@ -312,7 +347,7 @@ def test_loaded_run_encode_keeps_padding_out_of_standardize_stats():
     from vaelab.data.scaling import to_model_input
 
     as_in_training = to_model_input(Batch(image, boxes, torch.arange(1)), "standardize")
-    expected = loaded.model.encode(as_in_training.x)[0]
+    expected = loaded.model.encode(as_in_training.x).mode()
     assert torch.allclose(loaded.encode(image, boxes), expected, atol=1e-6)
     assert not torch.allclose(loaded.encode(image), expected, atol=1e-4)  # padding skews the stats
 

@@ -397,7 +397,8 @@ DATA_SET_OPTION = click.option(
 def evaluate_cmd(run_dir: Path, config_path: Optional[Path], overrides: tuple[str, ...], split: str,
                  checkpoint: str, device: str, as_json: bool) -> None:
     """Recon, KL and ELBO; MSE, PSNR and SSIM on real pixels; bits/dim where the likelihood is
-    calibrated; active units and KL per latent dimension. On the validation split, or on other
+    calibrated; active units and KL per latent dimension (per channel for a spatial latent; for
+    a vq run no KL but codebook usage, perplexity and commitment). On the validation split, or on other
     data with -c/--set. Written to RUN_DIR/evaluation.json (other data or split:
     RUN_DIR/evaluation-<hash>.json)."""
     from vaelab.experiments.evaluate import evaluate_command
@@ -435,7 +436,8 @@ def reconstruct_cmd(run_dir: Path, images: tuple[Path, ...], out_dir: Path, full
 @DEVICE_OPTION
 def sample_cmd(run_dir: Path, count: int, seed: int, columns: Optional[int], out: Path, checkpoint: str,
                device: str) -> None:
-    """A grid of images decoded from draws of the prior N(0, I)."""
+    """A grid of images decoded from draws of the prior N(0, I) (vector and spatial runs; a vq run
+    has no prior to sample from yet)."""
     from vaelab.experiments.use import sample
 
     click.echo(f"wrote {sample(run_dir, out, count, seed, columns, checkpoint, device)}: {count} samples")
@@ -451,7 +453,8 @@ def sample_cmd(run_dir: Path, count: int, seed: int, columns: Optional[int], out
 @DEVICE_OPTION
 def interpolate_cmd(run_dir: Path, image_a: Path, image_b: Path, steps: int, out: Path, checkpoint: str,
                     device: str) -> None:
-    """A strip: IMAGE_A, then decodings along the straight line between the two posterior means, then IMAGE_B."""
+    """A strip: IMAGE_A, then decodings along the straight line between the two posterior means (a vq
+    run's two quantized maps, decoded without quantizing again), then IMAGE_B."""
     from vaelab.experiments.use import interpolate
 
     click.echo(f"wrote {interpolate(run_dir, image_a, image_b, out, steps, checkpoint, device)}")
@@ -460,7 +463,8 @@ def interpolate_cmd(run_dir: Path, image_a: Path, image_b: Path, steps: int, out
 @cli.command("traverse")
 @RUN_DIR_ARGUMENT
 @click.option("--dims", type=int, default=8, show_default=True,
-              help="Rows: the latent dimensions with the most KL (from evaluation.json when there is one).")
+              help="Rows: the latent dimensions (channels of a spatial latent) with the most KL (from "
+                   "evaluation.json when there is one).")
 @click.option("--image", type=click.Path(path_type=Path), default=None,
               help="Vary around this image's posterior mean [default: around 0].")
 @click.option("--range", "span", type=float, default=3.0, show_default=True, help="Each row goes from -R to +R.")
@@ -470,11 +474,12 @@ def interpolate_cmd(run_dir: Path, image_a: Path, image_b: Path, steps: int, out
 @DEVICE_OPTION
 def traverse_cmd(run_dir: Path, dims: int, image: Optional[Path], span: float, steps: int, out: Path,
                  checkpoint: str, device: str) -> None:
-    """A grid with one row per latent dimension, varied alone while the others stay fixed."""
+    """A grid with one row per latent dimension, varied alone while the others stay fixed; a spatial
+    latent by channel (the channel's whole map shifted). Not for a vq run: its codes have no axis."""
     from vaelab.experiments.use import traverse
 
     result = traverse(run_dir, out, dims, image, span, steps, checkpoint, device)
-    click.echo(f"wrote {result['file']}: dimensions {', '.join(map(str, result['dims']))} "
+    click.echo(f"wrote {result['file']}: {result.get('unit', 'dimension')}s {', '.join(map(str, result['dims']))} "
                f"(ranked by {result['ranked_by']})")
 
 
@@ -485,7 +490,7 @@ def traverse_cmd(run_dir: Path, dims: int, image: Optional[Path], span: float, s
 @click.option("--split", type=click.Choice(["all", "val", "train"]), default="all", show_default=True,
               help="Which images of the data to encode.")
 @click.option("--out", type=click.Path(path_type=Path), required=True,
-              help="Latents file to write (.npz: mu, logvar, ids, boxes, sizes; loads without pickle).")
+              help="Latents file to write (.npz: mu, logvar, codes, ids, boxes, sizes; loads without pickle).")
 @CHECKPOINT_OPTION
 @DEVICE_OPTION
 def encode_cmd(run_dir: Path, config_path: Optional[Path], overrides: tuple[str, ...], split: str, out: Path,
@@ -494,7 +499,8 @@ def encode_cmd(run_dir: Path, config_path: Optional[Path], overrides: tuple[str,
     from vaelab.experiments.latents import encode
 
     result = encode(run_dir, out, config_path, overrides, split, checkpoint, device)
-    click.echo(f"wrote {result['file']}: {result['images']} images x {result['latent']} latent dimensions")
+    shape = "x".join(map(str, result["latent_shape"]))
+    click.echo(f"wrote {result['file']}: {result['images']} images x latent {shape} ({result['family']})")
     if result["skipped"]:
         _echo_err(f"skipped {result['skipped']} unreadable image(s)")
 
@@ -513,6 +519,20 @@ def decode_cmd(run_dir: Path, latents: Path, out_dir: Path, model_size: bool, ch
 
     written = decode(run_dir, latents, out_dir, checkpoint, device, full_size=not model_size)
     click.echo(f"wrote {len(written)} image(s) to {out_dir}")
+
+
+@cli.command("export")
+@RUN_DIR_ARGUMENT
+@click.argument("out_dir", type=click.Path(path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(["diffusers"]), default="diffusers", show_default=True,
+              help="diffusers: an AutoencoderKL folder (config.json + safetensors) for spatial runs.")
+@CHECKPOINT_OPTION
+def export_cmd(run_dir: Path, out_dir: Path, fmt: str, checkpoint: str) -> None:
+    """Write a spatial run's model as a diffusers AutoencoderKL folder, loadable with
+    AutoencoderKL.from_pretrained(OUT_DIR); vaelab.json beside it records the pixel scaling."""
+    from vaelab.experiments.export import export_run
+
+    click.echo(f"wrote {export_run(run_dir, out_dir, fmt, checkpoint)} ({fmt} format)")
 
 
 # --------------------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ from torch import nn
 
 from vaelab.config import ConvLayer, ModelConfig
 from vaelab.errors import VaelabError
-from vaelab.model import ConvVAE, VAEOutput, build_model, count_parameters
+from vaelab.model import ConvVAE, DiagonalGaussian, VAEOutput, build_model, count_parameters
 
 
 def layers(*specs):
@@ -37,7 +37,7 @@ def test_output_shapes_are_exact(size, conv):
     out = model(torch.randn(2, 3, h, w))
     assert isinstance(out, VAEOutput)
     assert out.recon.shape == out.logits.shape == (2, 3, h, w)
-    assert out.mu.shape == out.logvar.shape == out.z.shape == (2, 5)
+    assert out.posterior.mean.shape == out.posterior.logvar.shape == out.z.shape == (2, 5)
     # Each conv layer maps a side to ceil(side / stride), recorded for the decoder.
     expected = [(h, w)]
     for _, _, s in conv:
@@ -52,7 +52,7 @@ def test_every_activation_and_norm_runs_and_trains(activation, norm):
     model = build_model(tiny(((6, 3, 2), (12, 3, 2)), activation=activation, norm=norm), (16, 20))
     out = model(torch.rand(3, 3, 16, 20))
     assert torch.isfinite(out.recon).all()
-    (out.recon.square().mean() + out.mu.square().mean() + out.logvar.square().mean()).backward()
+    (out.recon.square().mean() + out.posterior.mean.square().mean() + out.posterior.logvar.square().mean()).backward()
     missing = [name for name, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
     assert missing == []
     norms = [m for m in model.modules() if isinstance(m, (nn.BatchNorm2d, nn.GroupNorm))]
@@ -124,13 +124,15 @@ def test_wrong_image_size_is_a_clear_error():
 def test_encode_decode_and_recon_agree():
     model = build_model(tiny(output_activation="sigmoid"), (24, 16)).eval()
     x = torch.rand(3, 3, 24, 16)
-    mu, logvar = model.encode(x)
+    posterior = model.encode(x)
+    mu, logvar = posterior.mean, posterior.logvar
     assert mu.shape == logvar.shape == (3, 5)
+    assert torch.equal(posterior.mode(), mu)
     images = model.decode(mu)
     assert images.shape == (3, 3, 24, 16)
     assert images.min() >= 0 and images.max() <= 1
     out = model(x)
-    torch.testing.assert_close(out.mu, mu)
+    torch.testing.assert_close(out.posterior.mean, mu)
     torch.testing.assert_close(out.recon, torch.sigmoid(out.logits))
     torch.testing.assert_close(model.decode(out.z), out.recon)
 
@@ -150,7 +152,8 @@ def test_reparameterize_samples_with_the_right_moments_and_gradients():
     model = build_model(tiny(), (16, 16))
     mu = torch.full((20000, 5), 2.0, requires_grad=True)
     logvar = torch.full((20000, 5), math.log(9.0), requires_grad=True)
-    z = model.reparameterize(mu, logvar, generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(0)
+    z = DiagonalGaussian(mu, logvar).sample()
     assert abs(z.mean().item() - 2.0) < 0.05 and abs(z.std().item() - 3.0) < 0.05
     z.sum().backward()
     assert mu.grad is not None and logvar.grad is not None and logvar.grad.abs().sum() > 0
