@@ -1,5 +1,6 @@
 """`vaelab evaluate`: the bits/dim formula and a real evaluation of a tiny trained run (trained
-once per module, a few seconds). SSIM and latent statistics are tested in tests/test_metrics.py."""
+once per module, a few seconds), and of a tiny spatial and vq run. SSIM and latent statistics are
+tested in tests/test_metrics.py."""
 
 from __future__ import annotations
 
@@ -14,9 +15,13 @@ from PIL import Image
 
 from vaelab.config import load_config
 from vaelab.errors import VaelabError
-from vaelab.experiments.evaluate import EVALUATION_FILE, Totals, evaluate_run
+from vaelab.experiments.evaluate import EVALUATION_FILE, Totals, evaluate_run, print_table
 
 LATENT = 6
+# What a vector run's evaluation holds: the same keys as before the spatial and vq families.
+VECTOR_KEYS = {"run", "checkpoint", "epoch", "split", "data", "images", "skipped", "recon", "kl", "elbo", "loss",
+               "mse", "psnr", "ssim", "bits_per_dim", "bits_per_dim_note", "real_subpixels", "active_units",
+               "latent", "kl_per_dim", "units", "seed", "time_s", "file"}
 
 
 def make_images(folder: Path, count: int = 24) -> Path:
@@ -107,8 +112,9 @@ def metrics_at(run_dir: Path, epoch: int) -> dict:
     return next(row for row in rows if row["epoch"] == epoch)
 
 
-def test_evaluate_a_trained_run(trained):
+def test_evaluate_a_trained_run(trained, capsys):
     result = evaluate_run(trained, device="cpu")
+    assert set(result) == VECTOR_KEYS and "family" not in result
     assert result["latent"] == LATENT and len(result["kl_per_dim"]) == LATENT
     assert 0 <= result["active_units"] <= LATENT
     assert math.isfinite(result["psnr"]) and result["psnr"] > 0
@@ -131,6 +137,11 @@ def test_evaluate_a_trained_run(trained):
     # its KL per dimension is rounded to 4 significant digits.
     assert row["val_active_units"] == result["active_units"]
     assert row["val_kl_per_dim"] == pytest.approx(result["kl_per_dim"], rel=1e-3, abs=1e-6)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("COLUMNS", "200")  # rich wraps the table to the terminal's width
+        print_table(result)
+    out = capsys.readouterr().out
+    assert f"{result['active_units']} / {LATENT}" in out and "KL per dim (top)" in out
 
 
 def test_evaluating_other_data_keeps_the_runs_own_evaluation(trained):
@@ -175,3 +186,93 @@ def test_evaluate_command_line(trained, capsys):
     cli.main(["evaluate", str(trained), "--json", "--device", "cpu"])
     result = json.loads(capsys.readouterr().out)
     assert result["latent"] == LATENT and "psnr" in result
+
+
+# --------------------------------------------------------------------------------------------
+# the spatial and vq families
+# --------------------------------------------------------------------------------------------
+
+FAMILY_MODELS = {
+    "spatial": "{kind: spatial, channels: [8, 16], norm_groups: 8, z_channels: 2}",
+    "vq": "{kind: vq, channels: [8, 16], norm_groups: 8, code_dim: 4, codebook_size: 16}",
+}
+
+
+@pytest.fixture(scope="module")
+def families(tmp_path_factory) -> dict[str, Path]:
+    """A tiny spatial and vq run (16 px, one epoch) on the same images."""
+    from vaelab.runs import train_run
+
+    tmp = tmp_path_factory.mktemp("families")
+    images = make_images(tmp / "images")
+    runs = {}
+    for family, model in FAMILY_MODELS.items():
+        config = load_config(None, [
+            f"data.images={images}", "data.size=[16, 16]", "data.workers=0", "data.val_fraction=0.3",
+            f"data.cache_dir={tmp / 'cache'}", f"model={model}", "loss.reconstruction=mse_sum",
+            "train.epochs=1", "train.batch_size=4", f"run.root={tmp / family}", "run.tensorboard=false",
+            "run.images=2"])
+        runs[family] = train_run(config, progress=False)
+    return runs
+
+
+def test_evaluate_a_spatial_run_per_latent_channel(families, capsys):
+    run_dir = families["spatial"]
+    result = evaluate_run(run_dir, device="cpu")
+    assert result["family"] == "spatial" and result["latent"] == [2, 8, 8]
+    assert len(result["kl_per_dim"]) == 2 and 0 <= result["active_units"] <= 2  # per channel
+    assert sum(result["kl_per_dim"]) == pytest.approx(result["kl"], rel=1e-5) and result["kl"] > 0
+    assert result["elbo"] == pytest.approx(-(result["recon"] + result["kl"]))
+    row = metrics_at(run_dir, result["epoch"])
+    assert result["recon"] == pytest.approx(row["val_recon"], rel=1e-5)
+    assert result["kl"] == pytest.approx(row["val_kl"], rel=1e-5)
+    assert result["loss"] == pytest.approx(row["val_loss"], rel=1e-5)
+    assert row["val_kl_per_dim"] == pytest.approx(result["kl_per_dim"], rel=1e-3, abs=1e-6)
+    assert row["val_active_units"] == result["active_units"]
+    assert 0 < result["mse"] < 1 and result["psnr"] > 0
+    assert "codebook_usage" not in result
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("COLUMNS", "200")  # rich wraps the table to the terminal's width
+        print_table(result)
+    out = capsys.readouterr().out
+    assert f"{result['active_units']} / 2 channels" in out and "KL per channel (top)" in out and "2x8x8" in out
+
+
+def test_evaluate_a_vq_run_reports_the_codebook_not_a_kl(families, capsys):
+    run_dir = families["vq"]
+    result = evaluate_run(run_dir, device="cpu")
+    assert result["family"] == "vq" and result["latent"] == [4, 8, 8]
+    assert 0 < result["codebook_usage"] <= 1
+    assert 1 <= result["perplexity"] <= 16 and result["perplexity"] <= result["codebook_usage"] * 16 + 1e-9
+    assert result["kl"] is None and result["elbo"] is None and result["bits_per_dim"] is None
+    assert "no density" in result["kl_note"] and "no density" in result["bits_per_dim_note"]
+    assert result["active_units"] is None and result["kl_per_dim"] is None
+    # The trainer's own validation numbers: recon, commitment, loss = recon + commitment, codebook use.
+    row = metrics_at(run_dir, result["epoch"])
+    assert result["commitment"] > 0 and result["commitment"] == pytest.approx(row["val_commitment"], rel=1e-5)
+    assert result["recon"] == pytest.approx(row["val_recon"], rel=1e-5)
+    assert result["loss"] == pytest.approx(result["recon"] + result["commitment"])
+    assert result["loss"] == pytest.approx(row["val_loss"], rel=1e-5)
+    assert result["codebook_usage"] == pytest.approx(row["val_codebook_usage"])
+    assert result["perplexity"] == pytest.approx(row["val_perplexity"], rel=1e-6)
+    assert 0 < result["mse"] < 1 and -1 < result["ssim"] <= 1
+    written = json.loads((run_dir / EVALUATION_FILE).read_text())
+    assert written == json.loads(json.dumps(result))  # null, not NaN, in the JSON
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("COLUMNS", "200")  # rich wraps the table to the terminal's width
+        print_table(result)
+    out = capsys.readouterr().out
+    assert "codebook usage" in out and "perplexity" in out and "commitment" in out
+
+
+def test_evaluate_command_line_on_a_vq_run(families, capsys):
+    from vaelab import cli
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("COLUMNS", "200")  # rich wraps the table to the terminal's width
+        cli.main(["evaluate", str(families["vq"]), "--device", "cpu"])  # the table, with its nulls
+    out = capsys.readouterr().out
+    assert "codebook usage" in out and "written to" in out
+    cli.main(["evaluate", str(families["vq"]), "--json", "--device", "cpu"])
+    result = json.loads(capsys.readouterr().out)
+    assert result["kl"] is None and 0 < result["codebook_usage"] <= 1

@@ -26,6 +26,18 @@ Every number is a mean per image over the evaluated split unless said otherwise.
 - active_units: Burda et al. (2016): dimension d is active when Cov_x(E_q[z_d]) > 0.01, the
   variance over the split's images of the posterior mean (unbiased, needs 2 images).
 - kl_per_dim: the KL of each latent dimension in nats, mean per image (sums to `kl`).
+- latent: the vector family's model.latent (an int, as before the other families existed).
+
+The other families (`vaelab.model`):
+- spatial: the same numbers, per latent *channel*: active_units counts channels (a channel's
+  variance is the mean over its positions), kl_per_dim has one entry per channel, summed over
+  its positions (still sums to `kl`). latent is the latent shape [z_channels, h, w], and the
+  result says "family".
+- vq: a quantized latent has no density, so kl, elbo and bits_per_dim are null (kl_note and
+  bits_per_dim_note say why), as are active_units and kl_per_dim; instead codebook_usage (the
+  fraction of the codes used on the split, in (0, 1]), perplexity (exp of the entropy of the code
+  frequencies, in codes: 1 .. codebook size) and commitment (the loss's commitment term, mean
+  per image). loss = recon + commitment, the trainer's val_loss. latent is [code_dim, h, w].
 
 `LatentStats`, `ssim` and `box_ssim` live in `vaelab.metrics` (importable from here too); the
 trainer logs the cheap ones every epoch as val_active_units and val_kl_per_dim (SSIM only here).
@@ -38,7 +50,7 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Optional, Union
+from typing import Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -54,6 +66,7 @@ from vaelab.losses import HALF_LOG_2PI, gaussian_log_sigma, masked_sum, vae_loss
 from vaelab.metrics import ACTIVE_THRESHOLD, LatentStats, box_ssim, cheap_metrics, gaussian_window, ssim  # noqa: F401
 
 EVALUATION_FILE = "evaluation.json"
+NO_DENSITY = "not defined: a quantized latent (model.kind vq) has no density, so no KL and no ELBO"
 PSNR_CAP = 100.0  # dB for mse == 0, as the trainer's val_psnr
 SPLITS = ("val", "train", "all")
 # The model's input contract: evaluation data is always fitted and scaled as the run was trained.
@@ -130,7 +143,7 @@ def evaluate_run(run_dir: Union[str, Path], config_path: Optional[Path] = None,
         log_sigma = load_state(run.checkpoint)["log_sigma"]
         log_sigma = None if log_sigma is None else log_sigma.to(run.device)
 
-    totals = Totals(config.model.latent)
+    totals = Totals(run.model.latent_shape, run.model.family)
     devices = [run.device.index or 0] if run.device.type == "cuda" else []
     with torch.no_grad(), torch.random.fork_rng(devices=devices):
         torch.manual_seed(config.train.seed)  # the same z draws as the trainer's validation pass
@@ -168,16 +181,22 @@ def finite_or_none(value):
 class Totals:
     """Sums over the split, per image where a ratio is taken at the end."""
 
-    def __init__(self, latent: int):
+    def __init__(self, latent_shape: Union[int, Sequence[int]] = (), family: str = "vector", *,
+                 latent: Optional[int] = None):
+        if latent is not None:  # the vector family's model.latent
+            latent_shape = (latent,)
+        self.latent_shape = (latent_shape,) if isinstance(latent_shape, int) else tuple(int(v) for v in latent_shape)
+        self.family = family
         self.images = 0
         self.recon = 0.0  # sum over images of the loss's recon term (mse_sum, l1, bce)
         self.kl = 0.0
+        self.commitment = 0.0  # vq
         self.sse = 0.0  # model scale, sampled z, real subpixels: for the gaussian likelihood
         self.subpixels = 0.0  # real pixels x channels
         self.channels = 3
         self.pixel_sse = 0.0  # image pixels / 255, decode(mu), real subpixels
         self.ssim = 0.0
-        self.latents = LatentStats(latent)
+        self.latents = LatentStats()
 
     def add(self, model, batch, config: Config, log_sigma: Optional[Tensor]) -> None:
         scale = config.data.scale
@@ -189,13 +208,14 @@ class Totals:
         parts = vae_loss(out, inputs.x, inputs.mask, config.loss, config.loss.beta, log_sigma)
         self.recon += parts["recon"].item() * n
         self.kl += parts["kl"].item() * n
+        self.commitment += parts["commitment"].item() * n
         real = inputs.mask > 0.5
         self.sse += masked_sum((out.recon.float() - inputs.x) ** 2, real).sum().item()
         self.channels = inputs.x.shape[1]
         self.subpixels += real.sum().item() * self.channels
-        self.latents.update(out.mu, out.logvar)
+        self.latents.update(out.posterior)
 
-        shown = to_pixels(model.decode(out.mu), scale, inputs.mean, inputs.std).float() / 255.0
+        shown = to_pixels(model.decode(out.posterior.mode()), scale, inputs.mean, inputs.std).float() / 255.0
         original = batch.pixels.float() / 255.0
         mask = box_masks(batch.boxes, *batch.pixels.shape[1:3]).permute(0, 2, 3, 1)
         self.pixel_sse += (((shown - original) ** 2) * mask).sum().item()
@@ -205,6 +225,7 @@ class Totals:
 
     def result(self, config: Config, log_sigma: Optional[Tensor]) -> dict:
         n, loss = self.images, config.loss
+        quantized = self.family == "vq"
         latents = self.latents.result()
         recon = self.recon / n
         bits, note = None, None
@@ -214,12 +235,16 @@ class Totals:
             nll = self.sse / (2 * math.exp(2 * log_s)) + self.subpixels * (log_s + HALF_LOG_2PI)
             recon = nll / n
             jacobian = {"unit": math.log2(255.0), "symmetric": math.log2(127.5)}.get(config.data.scale)
-            if jacobian is None:
+            if quantized:
+                note = NO_DENSITY
+            elif jacobian is None:
                 note = "not calibrated: data.scale standardize rescales each image by its own std"
             else:
                 bits = (nll + self.kl) / (self.subpixels * math.log(2)) + jacobian
                 note = (f"gaussian, sigma {math.exp(log_s):.4g} ({loss.sigma}); -ELBO/(D ln 2) + "
                         f"log2({255.0 if config.data.scale == 'unit' else 127.5}) for 8-bit pixels")
+        elif quantized:
+            note = NO_DENSITY
         elif loss.reconstruction == "bce":
             # recon averages BCE over channels; the likelihood sums it.
             nll = recon * n * self.channels
@@ -229,22 +254,44 @@ class Totals:
             note = f"not calibrated: {loss.reconstruction} is not a normalised likelihood"
         mse = self.pixel_sse / max(self.subpixels, 1.0)
         kl = self.kl / n
-        return {
+        commitment = self.commitment / n
+        units = {
+            "recon": f"{UNITS[loss.reconstruction]}; mean per image, one z sample per image",
+            "kl": "nats, summed over latent dimensions; mean per image",
+            "elbo": "-(recon + kl), beta = 1", "loss": f"recon + beta * kl (beta {loss.beta})",
+            "mse": "per real pixel and channel, pixels in [0, 1], posterior mean decoded",
+            "psnr": "dB, 10 log10(1 / mse)", "ssim": "mean per image on the content box, 11x11 gaussian sigma 1.5",
+            "bits_per_dim": "bits per real subpixel", "kl_per_dim": "nats, mean per image",
+        }
+        result = {
             "recon": recon, "kl": kl, "elbo": -(recon + kl), "loss": recon + loss.beta * kl,
             "mse": mse, "psnr": 10 * math.log10(1.0 / mse) if mse > 0 else PSNR_CAP,
             "ssim": self.ssim / n, "bits_per_dim": bits, "bits_per_dim_note": note,
             "real_subpixels": int(self.subpixels),
-            "active_units": latents["active_units"], "latent": config.model.latent,
+            "active_units": latents["active_units"], "latent": self.latent_shape[0],
             "kl_per_dim": latents["kl_per_dim"],
-            "units": {
-                "recon": f"{UNITS[loss.reconstruction]}; mean per image, one z sample per image",
-                "kl": "nats, summed over latent dimensions; mean per image",
-                "elbo": "-(recon + kl), beta = 1", "loss": f"recon + beta * kl (beta {loss.beta})",
-                "mse": "per real pixel and channel, pixels in [0, 1], posterior mean decoded",
-                "psnr": "dB, 10 log10(1 / mse)", "ssim": "mean per image on the content box, 11x11 gaussian sigma 1.5",
-                "bits_per_dim": "bits per real subpixel", "kl_per_dim": "nats, mean per image",
-            },
+            "units": units,
         }
+        if self.family == "vector":
+            return result  # exactly the keys and values of the vector family before the others came
+        result.update({"family": self.family, "latent": list(self.latent_shape)})
+        if not quantized:  # spatial: per latent channel
+            units.update({"kl": "nats, summed over latent channels and positions; mean per image",
+                          "kl_per_dim": "nats per latent channel, summed over its positions; mean per image",
+                          "active_units": "latent channels with Cov_x(E_q[z]) > 0.01, averaged over positions"})
+            return result
+        result.update({
+            "kl": None, "kl_note": NO_DENSITY, "elbo": None, "loss": recon + commitment,
+            "commitment": commitment, "codebook_usage": latents["codebook_usage"], "perplexity": latents["perplexity"],
+        })
+        units.update({
+            "elbo": "not defined without a KL", "loss": "recon + commitment (the trainer's val_loss)",
+            "mse": "per real pixel and channel, pixels in [0, 1], quantized latent decoded",
+            "commitment": "model.commitment_weight * ||z_e - sg(z_q)||^2 summed over latent elements; mean per image",
+            "codebook_usage": "fraction of the codes used at least once on the split",
+            "perplexity": "exp(entropy of the code frequencies), in codes: 1 .. codebook size",
+        })
+        return result
 
 
 # --------------------------------------------------------------------------------------------
@@ -274,16 +321,27 @@ def print_table(result: dict) -> None:
     table.add_column("value", justify="right")
     table.add_column("unit / note")
     units = result["units"]
+    shown = lambda value, form: "-" if value is None else format(value, form)  # noqa: E731
     for key in ("recon", "kl", "elbo", "loss", "mse", "psnr", "ssim"):
-        table.add_row(key, f"{result[key]:.6g}", escape(units[key]))
-    bits = result["bits_per_dim"]
-    table.add_row("bits/dim", "-" if bits is None else f"{bits:.4f}", escape(result["bits_per_dim_note"]))
-    active = result["active_units"]
-    table.add_row("active units", "-" if active is None else f"{active} / {result['latent']}",
-                  escape("Cov_x(E_q[z_d]) > 0.01 (Burda et al. 2016)"))
-    kl = result["kl_per_dim"]
-    top = sorted(range(len(kl)), key=lambda d: -kl[d])[:8]
-    table.add_row("KL per dim (top)", "", ", ".join(f"z{d}: {kl[d]:.3g}" for d in top))
+        table.add_row(key, shown(result[key], ".6g"), escape(result.get(f"{key}_note") or units[key]))
+    table.add_row("bits/dim", shown(result["bits_per_dim"], ".4f"), escape(result["bits_per_dim_note"]))
+    latent = result["latent"]
+    if result.get("family") == "vq":
+        for key, form in (("commitment", ".6g"), ("codebook_usage", ".4f"), ("perplexity", ".4g")):
+            table.add_row(key.replace("_", " "), shown(result.get(key), form), escape(units.get(key, "")))
+    else:
+        channels = latent if isinstance(latent, int) else latent[0]
+        unit = "" if isinstance(latent, int) else " channels"
+        active = result["active_units"]
+        table.add_row("active units", "-" if active is None else f"{active} / {channels}{unit}",
+                      escape("Cov_x(E_q[z_d]) > 0.01 (Burda et al. 2016)"))
+        kl = result["kl_per_dim"] or []
+        top = sorted(range(len(kl)), key=lambda d: -kl[d])[:8]
+        name = "z" if isinstance(latent, int) else "channel "
+        table.add_row(f"KL per {'dim' if isinstance(latent, int) else 'channel'} (top)", "",
+                      ", ".join(f"{name}{d}: {kl[d]:.3g}" for d in top if kl[d] is not None))
+    if not isinstance(latent, int):
+        table.add_row("latent", escape(f"{result.get('family')} {'x'.join(map(str, latent))}"), "")
     console.print(table)
     if result["skipped"]:
         console.print(f"skipped {result['skipped']} unreadable image(s)")
