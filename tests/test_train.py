@@ -198,3 +198,21 @@ def test_cosine_schedule_runs_from_lr_to_a_hundredth_and_follows_the_position():
     assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(trainer.lr)  # applied with the step
     trainer.lr_scale = 0.5  # a rollback halves whatever the schedule gives
     assert trainer.lr == pytest.approx(0.5 * 0.01 * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * 1.5 / 4))))
+
+
+def test_ema_weights_are_what_validation_and_load_run_use(config_path, tmp_path):
+    """train.ema: validation scores the averaged weights, checkpoints keep them beside the trained
+    ones, and load_run (so evaluate and export) gets them; a resumed run continues the average."""
+    from vaelab.experiments.evaluate import evaluate_run
+    from vaelab.runs import load_run
+
+    run_dir = vaelab.runs.train_run(load_config(config_path, ["train.ema=0.9", "loss.reconstruction=mse_sum"]))
+    state = load_state(run_dir / "checkpoints" / "best.pt")
+    averaged = {k.removeprefix("module."): v for k, v in state["ema"].items() if k.startswith("module.")}
+    assert int(state["ema"]["n_averaged"]) == state["progress"]["step"] - state["guard"]["skipped"]
+    assert any(not torch.equal(averaged[k], state["model"][k]) for k in averaged)
+    loaded = load_run(run_dir)
+    assert all(torch.equal(loaded.model.state_dict()[k], averaged[k]) for k in averaged)
+    best = next(r for r in metrics(run_dir) if r["best"] and r["epoch"] == state["progress"]["epoch"])
+    # evaluate draws the same z as the trainer's validation pass: the same loss only with the EMA weights
+    assert evaluate_run(run_dir, device="cpu")["loss"] == pytest.approx(best["val_loss"], rel=1e-5)

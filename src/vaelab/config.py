@@ -274,6 +274,10 @@ class TrainConfig(Section):
         False, description="torch.compile the training forward pass; pays a compile delay at start, worth it for long GPU runs"
     )
     val_batches: Optional[int] = Field(None, ge=1, description="cap on validation batches per epoch; null = all")
+    ema: Optional[float] = Field(
+        None, gt=0.0, lt=1.0, description="decay of an exponential moving average of the weights (e.g. 0.999), "
+        "used for validation, the image grids and the model that load_run, evaluate and export read; null = none"
+    )
     spike_factor: float = Field(
         20.0, ge=0.0, description="guard: a loss or gradient norm this many mean deviations above its running mean is a spike; 0 = only non-finite values"
     )

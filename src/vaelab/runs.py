@@ -52,7 +52,7 @@ from vaelab.tracking import require_mlflow
 from vaelab.losses import check_scaling
 from vaelab.model import AnyModel, build_model, check_model_fits, count_parameters
 from vaelab.model.spatial import check_diffusers_folder, load_diffusers_weights
-from vaelab.train import Trainer, isolated, select_device
+from vaelab.train import Trainer, inference_weights, isolated, select_device
 
 
 # --------------------------------------------------------------------------------------------
@@ -436,6 +436,6 @@ def load_run(run_dir: Union[str, Path], checkpoint: str = "best", device: str = 
     state = load_state(path)
     target = select_device(device)
     model = build_model(config.model, config.data.size)
-    model.load_state_dict(state["model"])
+    model.load_state_dict(inference_weights(state))
     model.to(target).eval()
     return LoadedRun(run_dir, config, model, path, state["progress"]["epoch"], target)

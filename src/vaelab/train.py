@@ -57,6 +57,7 @@ from typing import Iterator, Optional, Protocol
 import numpy as np
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from vaelab import distributed
 from vaelab.config import Config
@@ -181,6 +182,14 @@ def batch_index(loader: ImageLoader, epoch: int) -> np.ndarray:
     return index
 
 
+def inference_weights(state: dict) -> dict:
+    """The model weights a checkpoint's user should get: the EMA of the weights when the run kept
+    one (train.ema), else the trained weights."""
+    if state.get("ema"):
+        return {key.removeprefix("module."): value for key, value in state["ema"].items() if key.startswith("module.")}
+    return state["model"]
+
+
 def keep_padding(shown: torch.Tensor, batch: Batch) -> torch.Tensor:
     """uint8 images (N, H, W, 3) with each image's padding replaced by the original's pixels there."""
     real = box_masks(batch.boxes, *batch.pixels.shape[1:3]).permute(0, 2, 3, 1) > 0.5
@@ -229,6 +238,9 @@ class Trainer:
         t = config.train
         optimizer = torch.optim.AdamW if t.optimizer == "adamw" else torch.optim.Adam
         self.optimizer = optimizer(self.params, lr=t.lr, weight_decay=t.weight_decay)
+        self.ema: Optional[AveragedModel] = None  # train.ema: the averaged weights that evaluation uses
+        if t.ema is not None:
+            self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(t.ema))
         # fp16 needs loss scaling to keep small gradients from flushing to zero; bf16 does not.
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp == torch.float16)
         self.guard = Guard(t.spike_factor, t.spike_warmup_steps)
@@ -302,6 +314,8 @@ class Trainer:
                 torch.nn.utils.clip_grads_with_norm_(self.params, self.config.train.grad_clip, norm)
             self.scaler.step(self.optimizer)
             self.scaler.update()
+            if self.ema is not None:
+                self.ema.update_parameters(self.model)
             self.guard.accept(loss, norm_value)
             for key, value in (("loss", loss), ("recon", recon), ("kl", kl), ("commitment", commitment),
                                ("grad_norm", norm_value)):
@@ -339,10 +353,25 @@ class Trainer:
 
     # --- evaluation and images -----------------------------------------------------------
 
+    @property
+    def eval_model(self) -> nn.Module:
+        """The model that validation, the image grids and saved inference weights use: the EMA of
+        the weights with train.ema (with the live model's buffers: norm statistics, a VQ codebook,
+        which are not averaged), else the model itself."""
+        if self.ema is None:
+            return self.model
+        self._sync_ema_buffers()
+        return self.ema.module
+
+    @torch.no_grad()
+    def _sync_ema_buffers(self) -> None:
+        for averaged, live in zip(self.ema.module.buffers(), self.model.buffers()):
+            averaged.copy_(live)
+
     @torch.no_grad()
     def evaluate(self, loader: ImageLoader) -> dict:
         """Validation metrics (see the module doc), deterministic: z is sampled with a fixed seed."""
-        self.model.eval()
+        model = self.eval_model.eval()
         beta, scale = self.config.loss.beta, self.config.data.scale
         count, recon, kl, commitment, sq_err, real = 0, 0.0, 0.0, 0.0, 0.0, 0.0
         latents = LatentStats()
@@ -352,7 +381,7 @@ class Trainer:
             for batch in isolated(loader.batches(0, stop=self.config.train.val_batches)):
                 inputs = to_model_input(batch, scale, self.device, self.channels_last)
                 with self.autocast():
-                    out = self.model(inputs.x)
+                    out = model(inputs.x)
                 parts = vae_loss(out, inputs.x, inputs.mask, self.config.loss, beta, self.log_sigma)
                 n = len(batch)
                 count += n
@@ -384,9 +413,9 @@ class Trainer:
         """Originals (top row) above their reconstructions from the posterior mode, in image pixels.
         Padding shows as padding (the original's pad colour), not as what the model paints where
         the loss never looked."""
-        self.model.eval()
+        model = self.eval_model.eval()
         inputs = to_model_input(batch, self.config.data.scale, self.device)
-        decoded = self.model.decode(self.model.encode(inputs.x).mode())
+        decoded = model.decode(model.encode(inputs.x).mode())
         shown = keep_padding(to_pixels(decoded, self.config.data.scale, inputs.mean, inputs.std), batch)
         self.model.train()
         return image_grid(torch.cat([batch.pixels, shown]).numpy(), columns=len(batch))
@@ -397,9 +426,9 @@ class Trainer:
         None for a family without a prior (vq)."""
         if not self.model.has_prior:
             return None
-        self.model.eval()
+        model = self.eval_model.eval()
         generator = torch.Generator().manual_seed(self.config.train.seed)
-        samples = to_pixels(self.model.sample(count, generator=generator), self.config.data.scale)
+        samples = to_pixels(model.sample(count, generator=generator), self.config.data.scale)
         self.model.train()
         return image_grid(samples.numpy(), columns=columns)
 
@@ -494,6 +523,8 @@ class Trainer:
 
     def state_dict(self) -> dict:
         """The complete training state: tensors, numbers, strings, lists and dicts only."""
+        if self.ema is not None:
+            self._sync_ema_buffers()
         return {
             "format": STATE_FORMAT,
             "version": STATE_VERSION,
@@ -501,6 +532,9 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
             "log_sigma": None if self.log_sigma is None else self.log_sigma.detach().clone(),
+            # AveragedModel's state ("module.<weight>", "n_averaged"); its weights are what
+            # `inference_weights` hands to load_run
+            "ema": None if self.ema is None else self.ema.state_dict(),
             "rng": {**capture_rng(), "cuda_device": self.device.index or 0 if self.device.type == "cuda" else -1},
             "progress": {"epoch": self.epoch, "batch": self.batch, "step": self.step, "time_s": self.elapsed(),
                          "lr_scale": self.lr_scale, "best_loss": self.best_loss, "best_epoch": self.best_epoch},
@@ -516,6 +550,8 @@ class Trainer:
             self.scaler.load_state_dict(state["scaler"])
         if self.log_sigma is not None and state["log_sigma"] is not None:
             self.log_sigma.data.copy_(state["log_sigma"])
+        if self.ema is not None and state.get("ema") is not None:
+            self.ema.load_state_dict(state["ema"])
 
     def load_state_dict(self, state: dict) -> None:
         if state.get("format") != STATE_FORMAT or state.get("version") != STATE_VERSION:
