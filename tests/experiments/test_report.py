@@ -24,6 +24,7 @@ from vaelab.config import load_config
 from vaelab.data.grid import image_grid, save_png
 from vaelab.errors import VaelabError
 from vaelab.experiments.report import MAX_WIDTH, STRIP_EPOCHS, report_command, spread, write_report
+from vaelab.experiments.stats import format_number
 
 SCRIPT_TAG = "<script>alert(1)</script>"
 EVIL_NAME = "2026-01-01_09h00m00s_<img src=x onerror=alert(2)>&\"'"
@@ -344,3 +345,92 @@ def test_report_renders_in_headless_chromium_with_no_console_errors(trained_run,
     assert SCRIPT_TAG in dom.plain and EVIL_NAME in dom.plain  # shown as text
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in rendered.stdout
     assert len(dom.all("img")) >= 10  # curves, two strips, two sample grids
+
+
+# --------------------------------------------------------------------------------------------
+# the spatial and vq families
+# --------------------------------------------------------------------------------------------
+
+FAMILY_MODELS = {
+    "spatial": "{kind: spatial, channels: [8, 16], norm_groups: 8, z_channels: 2}",
+    "vq": "{kind: vq, channels: [8, 16], norm_groups: 8, code_dim: 4, codebook_size: 16}",
+}
+
+
+@pytest.fixture(scope="module")
+def family_runs(tmp_path_factory) -> dict[str, Path]:
+    """A tiny spatial and vq run (16 px, two epochs), each evaluated."""
+    from vaelab.experiments.evaluate import evaluate_run
+    from vaelab.runs import train_run
+
+    root = tmp_path_factory.mktemp("families")
+    rng = np.random.default_rng(1)
+    for i in range(12):
+        width, height = [(48, 64), (64, 48), (56, 56)][i % 3]
+        path = root / "photos" / f"set-{i // 4}" / f"standing-{i:04d}.jpg"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (height, width, 3), dtype=np.uint8)).save(path)
+    runs = {}
+    with pytest.MonkeyPatch.context() as patch:  # module scope: conftest's per-test cache is not set up yet
+        patch.setenv("VAELAB_CACHE_DIR", str(root / "cache"))
+        for family, model in FAMILY_MODELS.items():
+            config = load_config(None, [
+                f"data.images={root / 'photos'}", "data.size=[16,16]", "data.val_fraction=0.25", "data.workers=0",
+                "data.cache=false", f"model={model}", "train.epochs=2", "train.batch_size=4",
+                f"run.root={root / family}", "run.tensorboard=false", "run.images=4"])
+            runs[family] = train_run(config, progress=False)
+            evaluate_run(runs[family], device="cpu")
+    return runs
+
+
+def test_report_on_a_spatial_run_charts_kl_per_latent_channel(family_runs):
+    run = family_runs["spatial"]
+    page = Page(report_command([run]).read_text(encoding="utf-8"))
+    assert_self_contained(page)
+    shown = images_in(page)
+    assert f"{run.name} KL per latent channel" in shown and f"{run.name} samples" in shown
+    assert {"val_loss by epoch", "val_kl by epoch", f"{run.name} epoch 2"} <= set(shown)
+    assert "val_codebook_usage by epoch" not in shown  # a vq run's curve only
+    evaluation = json.loads((run / "evaluation.json").read_text())
+    active = next(row for row in page.rows if row and row[0] == "active_units")
+    assert active[1] == str(evaluation["active_units"]) and "latent channels" in active[2]
+    assert len(evaluation["kl_per_dim"]) == 2
+    assert "not available" not in page.plain
+
+
+def test_report_on_a_vq_run_shows_the_codebook_and_no_samples(family_runs):
+    run = family_runs["vq"]
+    assert not (run / "samples").exists()  # no prior, so training writes no sample grids
+    page = Page(report_command([run]).read_text(encoding="utf-8"))
+    assert_self_contained(page)
+    shown = images_in(page)
+    assert {"val_loss by epoch", "val_codebook_usage by epoch", "val_perplexity by epoch",
+            "val_commitment by epoch"} <= set(shown)
+    assert "val_kl by epoch" not in shown  # val_kl is null for every epoch
+    assert not any("KL per latent" in alt for alt in shown) and f"{run.name} epoch 2" in shown
+    text = " ".join(page.plain.split())
+    assert "samples: not available (a model.kind vq run has no prior to sample from yet" in text
+    evaluation = json.loads((run / "evaluation.json").read_text())
+    assert 0 < evaluation["codebook_usage"] <= 1
+    assert f"codebook usage {format_number(evaluation['codebook_usage'])}" in text and "perplexity" in text
+    assert "A quantized latent has no KL" in text
+    kl_row = next(row for row in page.rows if row and row[0] == "kl")
+    assert kl_row[1] == "—" and "no density" in kl_row[2]
+
+
+def test_report_compares_runs_of_different_families(family_runs, tmp_path):
+    import warnings
+
+    runs = [family_runs["spatial"], family_runs["vq"]]
+    with warnings.catch_warnings():
+        # The runs differ in every family-specific key; a legend listing them all left matplotlib
+        # no room for the axes ("constrained_layout not applied"): the legend is cut short.
+        warnings.simplefilter("error")
+        page = Page(write_report(runs, tmp_path / "report.html").read_text(encoding="utf-8"))
+    assert_self_contained(page)
+    shown = images_in(page)
+    assert f"{runs[0].name} KL per latent channel" in shown and f"{runs[0].name} samples" in shown
+    assert "val_kl by epoch" in shown and "val_codebook_usage by epoch" in shown  # each family's own curves
+    assert "model.kind" in page.plain  # the config difference between the two
+    metrics = [row for row in page.rows if row and row[0] == runs[1].name]
+    assert metrics and metrics[0][8] == "—"  # the vq run's val KL column

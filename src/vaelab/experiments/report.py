@@ -13,6 +13,11 @@ evaluation.json may each be missing (a run still starting, or one never evaluate
 that needs it then says "not available" and why, instead of the report failing.
 
     read_run (per folder) -> labels and baseline (labels.label_runs) -> sections -> atomic write
+
+Every model family (`model.kind` in config.yaml) is reported: a spatial run's KL chart is per
+latent channel; a vq run has no KL (its val_kl is null, so no KL curve is drawn for it), and
+shows its codebook usage and perplexity instead (curves and the evaluation's numbers), and it
+has no samples (no prior yet), which its samples section says.
 """
 
 from __future__ import annotations
@@ -37,11 +42,13 @@ from vaelab.files import write_text
 from vaelab.experiments import compare, compare_tables, labels
 from vaelab.experiments.stats import format_number
 
-CURVES = ("val_loss", "val_recon", "val_kl", "val_psnr")
+# Drawn when any run has them: val_kl is null for vq runs, the last three exist for vq runs only.
+CURVES = ("val_loss", "val_recon", "val_kl", "val_psnr", "val_commitment", "val_codebook_usage", "val_perplexity")
 TRAIN_CURVES = ("train_loss", "train_recon", "train_kl")  # when no run has a validation split
 STRIP_EPOCHS = 8  # reconstruction rows in the strip, first and last epoch included
 MAX_WIDTH = 1100  # px: wider grids are downscaled, so a 128 px, 16-image grid stays a few 100 kB
 DISPLAY_WIDTH = 720  # px: tiny grids (32 px images) are shown enlarged, pixelated, up to this
+LEGEND_CHARS = 60  # a longer run label is cut short in plot legends
 EPOCH_FILE = re.compile(r"^epoch-(\d+)\.png$")
 # evaluation.json: what was evaluated (said in one line), and bookkeeping the page leaves out.
 CONTEXT_KEYS = ("checkpoint", "epoch", "split", "images", "skipped")
@@ -62,6 +69,13 @@ class Run:
     @property
     def name(self) -> str:
         return self.folder.name or str(self.folder)
+
+    @property
+    def family(self) -> str:
+        """model.kind from config.yaml: vector (also when the config does not say), spatial or vq."""
+        model = self.config.get("model")
+        kind = model.get("kind", "vector") if isinstance(model, dict) else "vector"
+        return kind if isinstance(kind, str) else "vector"
 
     def points(self, key: str) -> list[tuple[int, Optional[float], float]]:
         return compare.RunRecord(self.folder, self.config, self.metrics).points(key)
@@ -213,7 +227,7 @@ def curves_section(runs: Sequence[Run]) -> str:
     records = [compare.RunRecord(r.folder, r.config, r.metrics) for r in with_metrics]
     single = len(with_metrics) == 1  # one run: name it in the legend; "baseline" would say nothing
     # matplotlib reads $...$ in a legend as math and fails on an unbalanced $; a tag may hold one.
-    series = [{"label": (with_metrics[0].name if single else label).replace("$", r"\$"),
+    series = [{"label": legend(with_metrics[0].name if single else label).replace("$", r"\$"),
                "curves": {m: compare.curve(records, members, m) for m in chosen},
                "runs": [{"name": with_metrics[i].name, "points": {m: with_metrics[i].points(m) for m in chosen}}
                         for i in members]}
@@ -228,6 +242,13 @@ def curves_section(runs: Sequence[Run]) -> str:
             figure.axes[0].ticklabel_format(axis="y", useOffset=False)
         plots.append(figure_img(figure, f"{metric} by epoch"))
     return f'<div class="plots">{"".join(plots)}</div>'
+
+
+def legend(label: str) -> str:
+    """A label short enough for a plot's legend: runs of different model families differ in every
+    family-specific key, and a label listing them all would cover the plot (the page's run
+    headings show it whole)."""
+    return label if len(label) <= LEGEND_CHARS else label[:LEGEND_CHARS - 1].rstrip(", ") + "…"
 
 
 def config_section(runs: Sequence[Run], baseline: Run) -> str:
@@ -288,6 +309,9 @@ def reconstructions_section(run: Run) -> str:
 def samples_section(run: Run) -> str:
     grids = epoch_images(run.folder / "samples")
     image = open_image(grids[-1][1]) if grids else None
+    if image is None and run.family == "vq":
+        return not_available("samples", "a model.kind vq run has no prior to sample from yet, so training writes"
+                             " no samples/ grids")
     if image is None:
         return not_available("samples", "no readable samples/epoch-NNNN.png")
     return f'<p>epoch {grids[-1][0]}, decoded from the same prior noise every epoch:</p>' \
@@ -312,16 +336,40 @@ def latent_section(run: Run) -> str:
                    and k not in CONTEXT_KEYS and k not in HIDDEN_KEYS)
     parts = [f"<p>{esc(context)}</p>" if context else "",
              f'<table class="evaluation"><tr><th>metric</th><th>value</th><th>unit / note</th></tr>{rows}</table>']
+    family = evaluation.get("family") if isinstance(evaluation.get("family"), str) else run.family
+    if family == "vq":
+        parts.append(codebook_summary(evaluation))
+        return "".join(parts)
     kl = evaluation.get("kl_per_dim")
+    latent = evaluation.get("latent")
+    # spatial: the latent is [channels, h, w] and kl_per_dim has one entry per channel
+    unit = "channel" if family == "spatial" or isinstance(latent, list) else "dimension"
     if isinstance(kl, list) and kl and all(compare.number(v) is not None for v in kl):
-        latent = evaluation.get("latent") if isinstance(evaluation.get("latent"), int) else len(kl)
-        parts.append(kl_chart([float(v) for v in kl], evaluation.get("active_units"), latent, run.name))
+        count = latent if isinstance(latent, int) else len(kl)
+        parts.append(kl_chart([float(v) for v in kl], evaluation.get("active_units"), count, run.name, unit))
     else:
-        parts.append(not_available("KL per latent dimension", "no finite kl_per_dim list in evaluation.json"))
+        parts.append(not_available(f"KL per latent {unit}", "no finite kl_per_dim list in evaluation.json"))
     return "".join(parts)
 
 
-def kl_chart(kl: list[float], active, latent: int, name: str) -> str:
+def codebook_summary(evaluation: dict) -> str:
+    """A vq run's latent diagnostics: how much of the codebook it uses (it has no KL)."""
+    usage, perplexity = compare.number(evaluation.get("codebook_usage")), compare.number(evaluation.get("perplexity"))
+    if usage is None and perplexity is None:
+        return not_available("codebook usage", "no codebook_usage or perplexity in evaluation.json")
+    latent = evaluation.get("latent")
+    shape = f" (latent {'x'.join(map(str, latent))})" if isinstance(latent, list) else ""
+    said = []
+    if usage is not None:
+        said.append(f"codebook usage {format_number(usage)}: {usage:.1%} of the codes used on the split")
+    if perplexity is not None:
+        said.append(f"perplexity {format_number(perplexity)} codes (exp of the entropy of the code frequencies)")
+    return (f'<p class="codebook">Quantized latent{esc(shape)}: {esc("; ".join(said))}. '
+            "A quantized latent has no KL, so there is no KL chart.</p>")
+
+
+def kl_chart(kl: list[float], active, latent: int, name: str, unit: str = "dimension") -> str:
+    """Bars of the KL of each latent dimension (vector) or channel (spatial, summed over positions)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -330,9 +378,11 @@ def kl_chart(kl: list[float], active, latent: int, name: str) -> str:
     ax = figure.add_subplot()
     ax.bar(range(len(kl)), kl, width=0.8, color="C0")
     counted = f"; active units {active} of {latent}" if isinstance(active, int) else ""
-    ax.set(xlabel="latent dimension", ylabel="KL (nats)", title=f"KL per latent dimension{counted}")
+    ax.set(xlabel=f"latent {unit}", ylabel="KL (nats)", title=f"KL per latent {unit}{counted}")
+    if unit == "channel":
+        ax.set_xticks(range(len(kl)))
     ax.grid(True, axis="y", alpha=0.3)
-    return figure_img(figure, f"{name} KL per latent dimension")
+    return figure_img(figure, f"{name} KL per latent {unit}")
 
 
 # --------------------------------------------------------------------------------------------
