@@ -250,3 +250,30 @@ def test_runs_without_validation_still_compare(tmp_path):
     assert entry["threshold"] == {"epoch": 2, "time_s": 120.0}
     assert any("val_loss: no run has a value" in note for note in result["notes"])
     assert result["plots"] == []
+
+
+def test_runs_of_other_model_families_are_labelled_by_their_kind(tmp_path):
+    rows = epoch_rows([2e5, 1e5])
+    folders = [
+        make_run(tmp_path, "vector", rows),
+        make_run(tmp_path, "spatial", rows, ["model.kind=spatial"]),
+        make_run(tmp_path, "spatial-z8", rows, ["model.kind=spatial", "model.z_channels=8"]),
+        make_run(tmp_path, "vq", rows, ["model.kind=vq", "model.output_activation=sigmoid", "data.scale=unit"]),
+    ]
+    labels, _ = label_runs(load_runs(folders))
+    # Two spatial configs make spatial the most common family: the baseline. Keys that only one
+    # family has (conv, dense; channels, z_channels) do not clutter another family's label.
+    assert labels == ["model.kind=vector", "baseline", "model.z_channels=8", "model.kind=vq, model.output_activation=sigmoid"]
+
+
+def test_a_run_written_before_a_key_existed_compares_equal_to_its_default(tmp_path):
+    import yaml
+
+    rows = epoch_rows([2e5, 1e5])
+    new = make_run(tmp_path, "new", rows)
+    old = make_run(tmp_path, "old", rows, ["train.seed=1"])
+    config = yaml.safe_load((old / "config.yaml").read_text())
+    del config["model"]["kind"], config["train"]["ema"]  # as an older vaelab wrote it
+    (old / "config.yaml").write_text(yaml.safe_dump(config))
+    labels, differing = label_runs(load_runs([new, old]))
+    assert labels == ["baseline", "baseline"] and differing == []

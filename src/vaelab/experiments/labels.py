@@ -12,6 +12,7 @@ from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
+from vaelab.config import Config
 from vaelab.experiments.stats import format_number
 
 if TYPE_CHECKING:
@@ -47,10 +48,20 @@ def flatten(config: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def with_defaults(config: dict) -> dict:
+    """The config with every key this vaelab knows, so that a run written before a key existed
+    (model.kind, train.ema) compares equal to one that has the key at its default. A config that
+    no longer validates is compared as it is."""
+    try:
+        return Config.model_validate(config).to_dict()
+    except Exception:  # noqa: BLE001 - any older or damaged config: compare what it says
+        return config
+
+
 def identifying(config: dict) -> dict[str, Any]:
     """The flattened keys that can tell experiments apart, path keys shortened."""
     flat = {}
-    for key, value in flatten(config).items():
+    for key, value in flatten(with_defaults(config)).items():
         if key in IGNORED_KEYS or key.startswith(IGNORED_PREFIXES):
             continue
         if key in PATH_KEYS and isinstance(value, str):
@@ -96,10 +107,19 @@ def label_runs(records: Sequence[RunRecord]) -> tuple[list[str], list[str]]:
     distinct = list(dict.fromkeys(tuple(form[key] for key in differing) for form in forms))
     mode = {key: Counter(config[i] for config in distinct).most_common(1)[0][0]
             for i, key in enumerate(differing)}
+    if "model.kind" in differing:  # the other model keys' baseline is that of the baseline's family
+        kind = differing.index("model.kind")
+        family = [config for config in distinct if config[kind] == mode["model.kind"]]
+        mode.update({key: Counter(config[i] for config in family).most_common(1)[0][0]
+                     for i, key in enumerate(differing) if key.startswith("model.") and key != "model.kind"})
     labels = []
     for record, ident, form in zip(records, idents, forms):
+        other_family = "model.kind" in differing and form["model.kind"] != mode["model.kind"]
         items = [(key, format_value(ident[key]) if key in ident else "unset")
-                 for key in differing if form[key] != mode[key]]
+                 for key in differing if form[key] != mode[key]
+                 # a run of another model family: its kind says it; keys the other family lacks add nothing
+                 and not (other_family and key.startswith("model.") and key != "model.kind"
+                          and UNSET in (form[key], mode[key]))]
         items = merge_list_items(items, record.config)
         labels.append(", ".join(f"{key}={value}" for key, value in items) or BASELINE)
     return labels, differing
