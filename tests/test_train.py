@@ -216,3 +216,21 @@ def test_ema_weights_are_what_validation_and_load_run_use(config_path, tmp_path)
     best = next(r for r in metrics(run_dir) if r["best"] and r["epoch"] == state["progress"]["epoch"])
     # evaluate draws the same z as the trainer's validation pass: the same loss only with the EMA weights
     assert evaluate_run(run_dir, device="cpu")["loss"] == pytest.approx(best["val_loss"], rel=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["vector", "spatial"])
+def test_reconstruction_grids_show_padding_as_padding(kind):
+    """The letterbox of a reconstruction keeps the original's pad colour; the real pixels are the model's."""
+    from vaelab.data.loader import Batch
+
+    model = ["model.kind=spatial", "model.channels=[8, 16]", "model.norm_groups=8"] if kind == "spatial" else []
+    config = load_config(None, ["data.size=[16, 16]", *model])
+    trainer = Trainer(config, build_model(config.model, (16, 16)), torch.device("cpu"))
+    pixels = torch.full((2, 16, 16, 3), 7, dtype=torch.uint8)  # pad colour 7 everywhere ...
+    pixels[:, :, 4:12] = 200  # ... but the real pixels, 8 columns in the middle
+    boxes = torch.tensor([[0, 4, 16, 8], [0, 4, 16, 8]])
+    grid = trainer.reconstruction_grid(Batch(pixels, boxes, torch.arange(2)))
+    gap = 2
+    recon = grid[gap * 2 + 16: gap * 2 + 32, gap: gap + 16]  # second row, first image
+    assert (recon[:, :4] == 7).all() and (recon[:, 12:] == 7).all()
+    assert not (recon[:, 4:12] == 200).all()  # an untrained model does not reproduce the real pixels
