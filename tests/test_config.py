@@ -86,3 +86,15 @@ def test_auto_workers_share_the_cores_among_the_training_processes(monkeypatch):
     assert data.workers == "auto"
     assert (data.worker_count(), data.worker_count(4), data.worker_count(32)) == (8, 4, 1)
     assert load_config(None, ["data.workers=3"]).data.worker_count(4) == 3
+
+
+def test_switching_model_kind_by_one_override_drops_the_other_familys_keys(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("model: {conv: [{filters: 8}], dense: 16, latent: 8, output_activation: sigmoid}\n"
+                    "data: {scale: unit}\n")
+    config = load_config(path, ["model.kind=spatial", "model.z_channels=2"])
+    assert config.model.kind == "spatial" and config.model.z_channels == 2
+    assert config.model.output_activation == "sigmoid"  # a key both families have is kept
+    assert load_config(path, ["model.latent=4"]).model.latent == 4  # the file's own family is untouched
+    with pytest.raises(VaelabError, match="unknown key 'model.conv'"):
+        load_config(path, ["model.kind=spatial", "model.conv=[{filters: 8}]"])

@@ -358,6 +358,10 @@ def load_config(path: Optional[Path] = None, overrides: tuple[str, ...] | list[s
         raw = read_yaml_mapping(Path(path))
     parsed = [(override, *parse_override(override)) for override in overrides]
     for override, key, value in parsed:
+        if key == "model.kind" and isinstance(raw.get("model"), dict) and value in MODEL_KINDS:
+            # Another family: the keys of the file's family that the new one lacks (conv, dense, ...)
+            # have no meaning there, so a sweep variant or --set can switch family in one key.
+            raw["model"] = {k: v for k, v in raw["model"].items() if k in MODEL_KINDS[value].model_fields}
         set_dotted(raw, key, value, origin=f"--set {override}")
     for override, key, value in parsed:  # each on its own, so that an error names it
         alone: dict[str, Any] = {}
