@@ -3,8 +3,8 @@
 The trainer does no file I/O. The run layer (`vaelab.runs`) hands `fit` a `Callbacks` object
 that saves checkpoints, writes metrics and images, and supplies the state to roll back to.
 
-Exact resume. Everything a step depends on is in `state_dict()`: weights, optimizer, grad
-scaler, learned sigma, every RNG (torch, CUDA, numpy, python), the epoch, the batch position
+Exact resume. Everything a step depends on is in `state_dict()`: weights (with a vq model's
+codebook buffers), the EMA of the weights, optimizer, grad scaler, learned sigma, every RNG (torch, CUDA, numpy, python), the epoch, the batch position
 in the epoch, the step, the guard's running statistics and the epoch's partial sums. The data
 order is a pure function of (seed, epoch), so a resumed run asks the loader for the remaining
 batches of the epoch. Two things would otherwise break bit-exactness and are fenced off:
@@ -34,8 +34,13 @@ Metric conventions (the per-batch ones are defined in `vaelab.losses`):
   `data.scale` compare.
 - val_active_units: latent dimensions whose posterior mean varies over the validation images
   (variance > 0.01, Burda et al.); None with fewer than 2 validation images.
-- val_kl_per_dim: the raw KL of each latent dimension in nats, mean per image (sums to val_kl up
-  to rounding), rounded to 4 significant digits to keep metrics.jsonl small.
+- val_kl_per_dim: the raw KL of each latent dimension (each channel of a spatial latent, summed
+  over its positions) in nats, mean per image (sums to val_kl up to rounding), rounded to 4
+  significant digits to keep metrics.jsonl small.
+- A vq model has no KL: train_kl and val_kl are None, and its records add train_commitment,
+  val_commitment (in loss and val_loss), val_codebook_usage (fraction of codes used on the
+  validation split) and val_perplexity (exp of the code entropy).
+- With train.ema, every val_* metric and both image grids come from the averaged weights.
   Both are `vaelab evaluate`'s cheap metrics (`vaelab.metrics.LatentStats`), streamed over the
   validation batches; they draw no random numbers. SSIM is left to `vaelab evaluate`: in float64
   on the CPU it cost about as much per batch as a training step at 64 px (6-16% of a ccp-64 epoch
