@@ -51,7 +51,7 @@ from torch import Tensor, nn
 from vaelab.config import LossConfig
 from vaelab.errors import VaelabError
 from vaelab.model.contract import VAEOutput
-from vaelab.model.posterior import Quantized, kl_divergence
+from vaelab.model.posterior import Quantized
 
 HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 

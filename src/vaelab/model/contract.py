@@ -43,19 +43,34 @@ def check_input(x: Tensor, channels: int, image_size: tuple[int, int]) -> None:
         )
 
 
-def decode_posterior(model: nn.Module, posterior, noise: Optional[Tensor]) -> VAEOutput:
-    """The forward pass after encoding, shared by the families: draw z, decode, activate."""
-    z = posterior.sample(noise)
-    logits = model.decode_logits(z)
-    return VAEOutput(recon=model.output_activation(logits), posterior=posterior, z=z, logits=logits)
+class VAE(nn.Module):
+    """The part of the contract every family shares: decode, forward and sampling N(0, I).
 
+    A family sets `family`, `image_size`, `channels`, `latent_shape`, `noise_shape` and
+    `output_activation`, and implements `encode` and `decode_logits`."""
 
-def sample_standard_normal(model: nn.Module, n: int, generator: Optional[torch.Generator]) -> Tensor:
-    """Decode n draws from N(0, I) of the model's latent shape.
+    family = "?"
+    has_prior = True
 
-    The noise is drawn on the generator's device (so a CPU generator gives the same images on any
-    device) and then moved to the model. Call model.eval() first when norm is 'batch'."""
-    device = next(model.parameters()).device
-    noise_device = generator.device if generator is not None else device
-    z = torch.randn(n, *model.latent_shape, generator=generator, device=noise_device)
-    return model.decode(z.to(device))
+    def decode(self, z: Tensor) -> Tensor:
+        """Images for latents z (N, *latent_shape), after the output activation, (N, C, H, W)."""
+        return self.output_activation(self.decode_logits(z))
+
+    def forward(self, x: Tensor, noise: Optional[Tensor] = None) -> VAEOutput:
+        """noise: the standard-normal draw for z, (N, *noise_shape); None draws it from the global
+        RNG (data-parallel ranks pass their rows of the global batch's draw)."""
+        posterior = self.encode(x)
+        z = posterior.sample(noise)
+        logits = self.decode_logits(z)
+        return VAEOutput(recon=self.output_activation(logits), posterior=posterior, z=z, logits=logits)
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: Optional[torch.Generator] = None) -> Tensor:
+        """Decode n draws from the prior N(0, I). Same generator state -> same images.
+
+        The noise is drawn on the generator's device (so a CPU generator gives the same images on
+        any device) and then moved to the model. Call model.eval() first when norm is 'batch'."""
+        device = next(self.parameters()).device
+        noise_device = generator.device if generator is not None else device
+        z = torch.randn(n, *self.latent_shape, generator=generator, device=noise_device)
+        return self.decode(z.to(device))

@@ -19,12 +19,11 @@ import json
 from pathlib import Path
 from typing import Optional, Union
 
-import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from vaelab.config import ResNetStack, SpatialModelConfig
 from vaelab.errors import VaelabError
-from vaelab.model.contract import VAEOutput, check_input, decode_posterior, sample_standard_normal
+from vaelab.model.contract import VAE, check_input
 from vaelab.model.posterior import DiagonalGaussian
 from vaelab.model.vector import OUTPUT_ACTIVATIONS
 
@@ -45,7 +44,7 @@ def check_divisible(config: ResNetStack, height: int, width: int) -> None:
     )
 
 
-class SpatialVAE(nn.Module):
+class SpatialVAE(VAE):
     family = "spatial"
     has_prior = True  # N(0, I) over the whole latent map
 
@@ -76,16 +75,6 @@ class SpatialVAE(nn.Module):
 
     def decode_logits(self, z: Tensor) -> Tensor:
         return self.vae.decoder(self.vae.post_quant_conv(z))
-
-    def decode(self, z: Tensor) -> Tensor:
-        return self.output_activation(self.decode_logits(z))
-
-    def forward(self, x: Tensor, noise: Optional[Tensor] = None) -> VAEOutput:
-        return decode_posterior(self, self.encode(x), noise)
-
-    @torch.no_grad()
-    def sample(self, n: int, generator: Optional[torch.Generator] = None) -> Tensor:
-        return sample_standard_normal(self, n, generator)
 
 
 # --------------------------------------------------------------------------------------------

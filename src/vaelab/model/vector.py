@@ -19,12 +19,11 @@ from __future__ import annotations
 import math
 from typing import Optional
 
-import torch
 from torch import Tensor, nn
 
 from vaelab.config import ModelConfig
 from vaelab.errors import VaelabError
-from vaelab.model.contract import VAEOutput, check_input, decode_posterior, sample_standard_normal
+from vaelab.model.contract import VAE, check_input
 from vaelab.model.posterior import DiagonalGaussian
 
 
@@ -90,7 +89,7 @@ class UpConv(nn.Module):
         return self.conv(x)[..., : self.size[0], : self.size[1]]
 
 
-class ConvVAE(nn.Module):
+class ConvVAE(VAE):
     family = "vector"
     has_prior = True  # N(0, I)
 
@@ -151,19 +150,6 @@ class ConvVAE(nn.Module):
     def decode_logits(self, z: Tensor) -> Tensor:
         """Decoder output before the output activation, (N, C, H, W)."""
         return self.decoder(z)
-
-    def decode(self, z: Tensor) -> Tensor:
-        """Images for latents z, after the output activation, (N, C, H, W)."""
-        return self.output_activation(self.decode_logits(z))
-
-    def forward(self, x: Tensor, noise: Optional[Tensor] = None) -> VAEOutput:
-        """noise: the standard-normal draw for z, (N, latent); None draws it from the global RNG."""
-        return decode_posterior(self, self.encode(x), noise)
-
-    @torch.no_grad()
-    def sample(self, n: int, generator: Optional[torch.Generator] = None) -> Tensor:
-        """Decode n draws from the prior N(0, I). Same generator state -> same images."""
-        return sample_standard_normal(self, n, generator)
 
 
 def check_strides(config: ModelConfig, height: int, width: int) -> None:

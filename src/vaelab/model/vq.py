@@ -24,17 +24,17 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from vaelab.config import VQModelConfig
 from vaelab.errors import VaelabError
-from vaelab.model.contract import VAEOutput, check_input, decode_posterior
+from vaelab.model.contract import VAE, check_input
 from vaelab.model.posterior import Quantized
 from vaelab.model.spatial import check_divisible
 from vaelab.model.vector import OUTPUT_ACTIVATIONS
 
 
-class VQVAE(nn.Module):
+class VQVAE(VAE):
     family = "vq"
     has_prior = False  # a prior over the codes comes with issue 7 (priors)
     noise_shape = None
@@ -81,8 +81,6 @@ class VQVAE(nn.Module):
     def decode_logits(self, z: Tensor) -> Tensor:
         return self.decoder(z)
 
-    def decode(self, z: Tensor) -> Tensor:
-        return self.output_activation(self.decode_logits(z))
 
     def decode_codes(self, codes: Tensor) -> Tensor:
         """Images for a map of codes (N, h, w)."""
@@ -96,8 +94,6 @@ class VQVAE(nn.Module):
             return self.quantizer.indices_to_codes(codes)
         return self.quantizer.get_output_from_indices(codes)
 
-    def forward(self, x: Tensor, noise: Optional[Tensor] = None) -> VAEOutput:
-        return decode_posterior(self, self.encode(x), None)
 
     def sample(self, n: int, generator: Optional[torch.Generator] = None) -> Tensor:
         raise VaelabError("model.kind vq has no prior to sample from yet (a prior over its codes comes with the"
