@@ -4,8 +4,9 @@ The trainer does no file I/O. The run layer (`vaelab.runs`) hands `fit` a `Callb
 that saves checkpoints, writes metrics and images, and supplies the state to roll back to.
 
 Exact resume. Everything a step depends on is in `state_dict()`: weights (with a vq model's
-codebook buffers), the EMA of the weights, optimizer, grad scaler, learned sigma, every RNG (torch, CUDA, numpy, python), the epoch, the batch position
-in the epoch, the step, the guard's running statistics and the epoch's partial sums. The data
+codebook buffers), the EMA of the weights, optimizer, grad scaler, learned sigma, every RNG
+(torch, CUDA, numpy, python), the epoch, the batch position in the epoch, the step, the
+guard's running statistics and the epoch's partial sums. The data
 order is a pure function of (seed, epoch), so a resumed run asks the loader for the remaining
 batches of the epoch. Two things would otherwise break bit-exactness and are fenced off:
 - torch's DataLoader draws a seed from the global torch RNG each time it starts, which the
