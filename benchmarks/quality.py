@@ -226,13 +226,14 @@ def latent_size(model) -> dict:
     return {"latent_shape": shape, "latent_floats": latent_floats(model), "latent_bits": None}
 
 
-def run_family(family: str, args, extra: list[str], val: tuple, log) -> dict:
+def run_family(family: str, args, extra: list[str], configs: list, val: tuple, log) -> dict:
+    """Train `configs` (one per seed, read before any training, so that editing a config file
+    while the benchmark runs changes nothing) and score each run's last checkpoint."""
     from vaelab.model import count_parameters
     from vaelab.runs import load_run, train_run
 
     per_seed = []
-    for seed in args.seeds:
-        config = family_config(family, args, seed, extra)
+    for seed, config in zip(args.seeds, configs):
         load = os.getloadavg()[0]
         started = time.perf_counter()
         run_dir = train_run(config, progress=False)
@@ -258,6 +259,10 @@ def run_family(family: str, args, extra: list[str], val: tuple, log) -> dict:
         summary[f"{key}_sd"] = statistics.stdev(values) if len(values) > 1 else 0.0
     summary["config"] = str(CONFIGS[family].relative_to(REPO))
     summary["overrides"] = extra
+    config = configs[0]
+    summary["resolved"] = {"model": config.model.model_dump(mode="json"), "loss": config.loss.model_dump(mode="json"),
+                           "train": {k: getattr(config.train, k) for k in ("batch_size", "lr", "lr_schedule", "ema")},
+                           "scale": config.data.scale}
     summary["seeds"] = per_seed
     return summary
 
@@ -381,9 +386,10 @@ def main() -> int:
     val = split_pixels(data, "val")
     log(f"data: {len(train_px)} train, {len(val[0])} val images at {args.size}x{args.size}")
 
+    configs = {family: [family_config(family, args, seed, extra[family]) for seed in args.seeds] for family in args.families}
     families = {}
     for family in args.families:
-        families[family] = run_family(family, args, extra[family], val, log)
+        families[family] = run_family(family, args, extra[family], configs[family], val, log)
         loads.append(os.getloadavg())
 
     # the baselines: PCA at every latent's float count and the fixed ks; bicubic at the same counts
@@ -420,7 +426,7 @@ def main() -> int:
         f = families["vq"]
         margin = f["psnr"] - by_k[256]["psnr"]
         targets["vq_vs_pca_256"] = {"target_db": TARGET_DB, "margin_db": round(margin, 3), "met": margin >= TARGET_DB,
-                                    "factor": 2 ** (len(load_config(CONFIGS["vq"], extra["vq"]).model.channels) - 1),
+                                    "factor": configs["vq"][0].model.factor,
                                     "codes": f["codes"]}
     if "vector" in families:
         comparable = (args.epochs == VECTOR_BEFORE["epochs"] and args.size == VECTOR_BEFORE["size"]
