@@ -385,6 +385,12 @@ DATA_SET_OPTION = click.option(
 )
 
 
+PRIOR_OPTION = click.option(
+    "--prior", type=click.Choice(["auto", "learned", "normal"]), default="auto", show_default=True,
+    help="auto: the run's learned prior (vaelab prior) where there is one, else N(0, I); learned: require it; normal: N(0, I).",
+)
+
+
 @cli.command("evaluate")
 @RUN_DIR_ARGUMENT
 @DATA_CONFIG_OPTION
@@ -432,15 +438,52 @@ def reconstruct_cmd(run_dir: Path, images: tuple[Path, ...], out_dir: Path, full
 @click.option("--seed", type=int, default=0, show_default=True, help="Same seed, same samples.")
 @click.option("--columns", type=int, default=None, help="Grid columns [default: about the square root of N].")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="PNG file to write.")
+@PRIOR_OPTION
+@click.option("--temperature", type=float, default=1.0, show_default=True,
+              help="Below 1: likelier latents, less variety (scales the logits of a PixelCNN, the spread otherwise).")
+@click.option("--top-k", type=int, default=None, help="PixelCNN prior: draw each code from the k likeliest only.")
+@click.option("--tag", "tags", multiple=True, metavar="TAG",
+              help="A tag-conditioned PixelCNN prior: draw images with this tag. Repeatable.")
 @CHECKPOINT_OPTION
 @DEVICE_OPTION
-def sample_cmd(run_dir: Path, count: int, seed: int, columns: Optional[int], out: Path, checkpoint: str,
-               device: str) -> None:
-    """A grid of images decoded from draws of the prior N(0, I) (vector and spatial runs; a vq run
-    has no prior to sample from yet)."""
+def sample_cmd(run_dir: Path, count: int, seed: int, columns: Optional[int], out: Path, prior: str,
+               temperature: float, top_k: Optional[int], tags: tuple[str, ...], checkpoint: str, device: str) -> None:
+    """A grid of images decoded from draws of the run's prior: the one 'vaelab prior' fitted (a
+    PixelCNN over a vq run's codes, a Gaussian mixture over a vector or spatial run's latents),
+    else N(0, I). Says which prior it used."""
     from vaelab.experiments.use import sample
 
-    click.echo(f"wrote {sample(run_dir, out, count, seed, columns, checkpoint, device)}: {count} samples")
+    path, description = sample(run_dir, out, count, seed, columns, checkpoint, device, prior, temperature, top_k, tags)
+    click.echo(f"wrote {path}: {count} samples; prior: {description}")
+
+
+@cli.command("prior")
+@RUN_DIR_ARGUMENT
+@click.option("--set", "overrides", multiple=True, metavar="prior.KEY=VALUE",
+              help="Override a prior key, e.g. --set prior.epochs=20 or --set prior.tags=true. Repeatable.")
+@click.option("--fresh", is_flag=True, help="Fit a new prior; the old RUN_DIR/prior is kept as prior-replaced-<time>.")
+@DEVICE_OPTION
+@click.option("--progress/--no-progress", default=None, help="The progress bar [default: on a terminal].")
+def prior_cmd(run_dir: Path, overrides: tuple[str, ...], fresh: bool, device: str, progress: Optional[bool]) -> None:
+    """Fit a learned prior to a trained run, in RUN_DIR/prior: a gated PixelCNN over a vq run's
+    codes (resumable: run it again to continue), or a Gaussian mixture over the training images'
+    latent means for a vector or spatial run. 'vaelab sample' uses it from then on."""
+    from vaelab.experiments.prior import fit_prior
+
+    summary = fit_prior(run_dir, overrides, fresh, device, progress, log=_echo_err)
+    if summary["kind"] == "pixelcnn":
+        click.echo(f"prior: gated PixelCNN, best epoch {summary['best_epoch']}/{summary['epochs']},"
+                   f" val {_number(summary['val_bits_per_code'])} bits/code (uniform"
+                   f" {summary['uniform_bits_per_code']:.2f}); in {run_dir / 'prior'}")
+    else:
+        judged = "val" if summary["val_images"] else "train"
+        click.echo(f"prior: Gaussian mixture of {summary['components']} ({summary['covariance']} covariance), {judged}"
+                   f" {summary[judged + '_nats_per_float']:.4f} nats per latent float (N(0, I):"
+                   f" {summary[judged + '_nats_per_float_standard_normal']:.4f}); in {run_dir / 'prior'}")
+
+
+def _number(value) -> str:
+    return "-" if value is None else f"{value:.4f}"
 
 
 @cli.command("interpolate")

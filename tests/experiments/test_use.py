@@ -155,9 +155,9 @@ def test_reconstruct_refuses_to_overwrite_its_input(trained, tmp_path):
 
 def test_sample_grid_size_and_seed(trained, tmp_path):
     run_dir, _ = trained
-    a = use.sample(run_dir, tmp_path / "a.png", count=5, seed=3, device="cpu")
-    b = use.sample(run_dir, tmp_path / "b.png", count=5, seed=3, device="cpu")
-    c = use.sample(run_dir, tmp_path / "c.png", count=5, seed=4, device="cpu")
+    a = use.sample(run_dir, tmp_path / "a.png", count=5, seed=3, device="cpu")[0]
+    b = use.sample(run_dir, tmp_path / "b.png", count=5, seed=3, device="cpu")[0]
+    c = use.sample(run_dir, tmp_path / "c.png", count=5, seed=4, device="cpu")[0]
     assert Image.open(a).size == grid_size(rows=2, columns=3)
     assert np.array_equal(np.asarray(Image.open(a)), np.asarray(Image.open(b)))
     assert not np.array_equal(np.asarray(Image.open(a)), np.asarray(Image.open(c)))
@@ -394,12 +394,12 @@ def test_latents_of_another_shape_or_family_are_a_one_line_error(families, train
     assert not (tmp_path / "d").exists()
 
 
-def test_sample_on_a_spatial_run_and_not_on_a_vq_run(families, tmp_path, capsys):
+def test_sample_on_a_spatial_run_and_not_on_a_vq_run_without_its_prior(families, tmp_path, capsys):
     from vaelab import cli
 
     runs, _ = families
-    a = use.sample(runs["spatial"], tmp_path / "a.png", count=4, seed=1, device="cpu")
-    b = use.sample(runs["spatial"], tmp_path / "b.png", count=4, seed=1, device="cpu")
+    a = use.sample(runs["spatial"], tmp_path / "a.png", count=4, seed=1, device="cpu")[0]
+    b = use.sample(runs["spatial"], tmp_path / "b.png", count=4, seed=1, device="cpu")[0]
     assert Image.open(a).size == grid_size(2, 2, SMALL, SMALL)
     assert np.array_equal(np.asarray(Image.open(a)), np.asarray(Image.open(b)))
 
@@ -409,7 +409,8 @@ def test_sample_on_a_spatial_run_and_not_on_a_vq_run(families, tmp_path, capsys)
     captured = capsys.readouterr()
     err = captured.err.strip()
     assert "Traceback" not in captured.out + captured.err and len(err.splitlines()) == 1
-    assert err.startswith("error: sample:") and "model.kind vq" in err and "no prior" in err
+    assert err.startswith(f"error: {runs['vq']}: no learned prior") and f"'vaelab prior {runs['vq']}'" in err
+    assert "PixelCNN" in err
     assert not (tmp_path / "vq.png").exists()
 
 

@@ -3,8 +3,8 @@
 Every model family works (`vaelab.model`): a latent is whatever shape the run's model has,
 `run.model.latent_shape` ((latent,) for vector, (channels, h, w) for spatial and vq), and an
 image's latent here is its posterior mode (the Gaussian's mean, the vq model's quantized map).
-What has no meaning for a family is a one-line VaelabError: `sample` on a family without a prior
-(vq, until priors over codes exist) and `traverse` on a quantized latent.
+What has no meaning for a family is a one-line VaelabError: `sample` on a vq run before `vaelab
+prior` trained a PixelCNN over its codes, and `traverse` on a quantized latent.
 
 Image files are fitted exactly as in training (data.size, fit, pad_value, scale); bbox_crop
 does not apply to a loose file, which has no metadata bbox. Every output is mapped back to
@@ -216,18 +216,17 @@ def reconstruct(run_dir: PathLike, images: Sequence[PathLike], out_dir: PathLike
 
 
 def sample(run_dir: PathLike, out: PathLike, count: int = 16, seed: int = 0, columns: Optional[int] = None,
-           checkpoint: str = "best", device: str = "auto") -> Path:
-    """A grid of `count` decoded draws from the prior N(0, I) of the model's latent shape; the
-    same seed gives the same grid. A family without a prior (vq) is a one-line error."""
-    if count < 1:
-        raise VaelabError(f"-n {count}: the number of samples must be at least 1")
+           checkpoint: str = "best", device: str = "auto", prior: str = "auto", temperature: float = 1.0,
+           top_k: Optional[int] = None, tags: Sequence[str] = ()) -> tuple[Path, str]:
+    """A grid of `count` images decoded from the run's prior (`vaelab.experiments.prior.draw_latents`:
+    the learned prior where `vaelab prior` fitted one, else N(0, I)); the same seed gives the same
+    grid. Returns the file and which prior drew the latents."""
+    from vaelab.experiments.prior import draw_latents
+
     run = load_run(run_dir, checkpoint, device)
-    if not run.model.has_prior:
-        raise family_error(run, "sample", "which has no prior to sample from yet (a prior over its codes comes with"
-                           " the priors issue)", "use reconstruct, interpolate or decode instead")
-    z = torch.randn(count, *run.model.latent_shape, generator=torch.Generator().manual_seed(seed))
-    images = decode_pixels(run, z)
-    return save_png(image_grid(images, columns or math.ceil(math.sqrt(count))), Path(out))
+    draw = draw_latents(run, count, seed, prior, temperature, top_k, tags)
+    images = decode_pixels(run, draw.latents, codes=draw.codes)
+    return save_png(image_grid(images, columns or math.ceil(math.sqrt(count))), Path(out)), draw.description
 
 
 def interpolate(run_dir: PathLike, image_a: PathLike, image_b: PathLike, out: PathLike, steps: int = 8,
