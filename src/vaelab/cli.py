@@ -399,17 +399,22 @@ PRIOR_OPTION = click.option(
               help="Which images of the data to evaluate.")
 @CHECKPOINT_OPTION
 @DEVICE_OPTION
+@click.option("--samples", type=click.IntRange(min=0), default=0, show_default=True, metavar="N",
+              help="Also draw N samples from the run's prior and judge them: a classifier two-sample test against"
+                   " the validation images and nearest-neighbour distances to the training images.")
+@PRIOR_OPTION
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the table.")
 def evaluate_cmd(run_dir: Path, config_path: Optional[Path], overrides: tuple[str, ...], split: str,
-                 checkpoint: str, device: str, as_json: bool) -> None:
+                 checkpoint: str, device: str, samples: int, prior: str, as_json: bool) -> None:
     """Recon, KL and ELBO; MSE, PSNR and SSIM on real pixels; bits/dim where the likelihood is
     calibrated; active units and KL per latent dimension (per channel for a spatial latent; for
     a vq run no KL but codebook usage, perplexity and commitment). On the validation split, or on other
     data with -c/--set. Written to RUN_DIR/evaluation.json (other data or split:
-    RUN_DIR/evaluation-<hash>.json)."""
+    RUN_DIR/evaluation-<hash>.json). With --samples N, also how the prior's samples compare with
+    real images (kept per prior, grid in RUN_DIR/samples-<prior>.png)."""
     from vaelab.experiments.evaluate import evaluate_command
 
-    result = evaluate_command(run_dir, config_path, overrides, checkpoint, split, device, as_json)
+    result = evaluate_command(run_dir, config_path, overrides, checkpoint, split, device, as_json, samples, prior)
     if as_json:
         click.echo(json.dumps(result, allow_nan=False))
 

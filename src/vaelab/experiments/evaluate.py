@@ -120,15 +120,18 @@ def split_loader(data: DataConfig, split: str, batch_size: int, seed: int = 0) -
 
 def evaluate_run(run_dir: Union[str, Path], config_path: Optional[Path] = None,
                  overrides: tuple[str, ...] | list[str] = (), checkpoint: str = "best", split: str = "val",
-                 device: str = "auto", batch_size: Optional[int] = None) -> dict:
+                 device: str = "auto", batch_size: Optional[int] = None, samples: int = 0, prior: str = "auto") -> dict:
     """Evaluate a run folder (see the module doc); writes the result into the run folder.
+
+    With `samples` N, also N draws from the run's prior (`prior`: auto, learned or normal) judged
+    against the data (`vaelab.experiments.evaluate_samples`), kept per prior under "samples".
 
     The result goes to evaluation.json for the run's own validation split with the best
     checkpoint, else to evaluation-<hash>.json, so that evaluating on other data never replaces
     the run's own numbers. result["file"] says which.
     """
     from vaelab.checkpoints import load_state
-    from vaelab.files import write_json
+    from vaelab.files import read_json, write_json
     from vaelab.runs import load_run
     from vaelab.train import isolated
 
@@ -166,6 +169,14 @@ def evaluate_run(run_dir: Union[str, Path], config_path: Optional[Path] = None,
         **result, "seed": config.train.seed, "time_s": round(time.monotonic() - started, 3),
         "file": str(run_dir / name),
     }
+    previous = read_json(run_dir / name)
+    previous_samples = previous.get("samples") if isinstance(previous, dict) else None
+    if samples:
+        from vaelab.experiments.evaluate_samples import evaluate_samples, merged_samples
+
+        result["samples"] = merged_samples(previous_samples, evaluate_samples(run, data, samples, prior, config.train.seed))
+    elif previous_samples:
+        result["samples"] = previous_samples  # the samples were not evaluated again: keep what was
     write_json(run_dir / name, result)  # atomic: a temp file and os.replace
     return result
 
@@ -301,11 +312,15 @@ class Totals:
 
 def evaluate_command(run_dir: Path, config_path: Optional[Path] = None, overrides: tuple[str, ...] = (),
                      checkpoint: str = "best", split: str = "val", device: str = "auto",
-                     as_json: bool = False) -> dict:
+                     as_json: bool = False, samples: int = 0, prior: str = "auto") -> dict:
     """Run `evaluate_run`; print a table (the caller prints the JSON when as_json)."""
-    result = evaluate_run(run_dir, config_path, overrides, checkpoint, split, device)
+    result = evaluate_run(run_dir, config_path, overrides, checkpoint, split, device, samples=samples, prior=prior)
     if not as_json:
         print_table(result)
+        if result.get("samples"):
+            from vaelab.experiments.evaluate_samples import print_samples
+
+            print_samples(result["samples"])
     return result
 
 
