@@ -29,7 +29,7 @@ class PriorConfig(Section):
     seed: int = 0
 
     # pixelcnn: the network
-    channels: int = Field(64, ge=8, description="pixelcnn: feature channels of both stacks")
+    channels: int = Field(32, ge=8, description="pixelcnn: feature channels of both stacks")
     layers: int = Field(8, ge=1, description="pixelcnn: gated layers; the receptive field grows by kernel // 2 per layer")
     kernel: int = Field(5, ge=3, description="pixelcnn: odd kernel size of the gated convolutions")
     # Conditioning on the collection's tags: each image's tags are embedded and summed into every

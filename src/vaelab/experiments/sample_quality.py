@@ -125,7 +125,9 @@ def classifier_two_sample_test(real: np.ndarray, fake: np.ndarray, seed: int = 0
     exact Clopper-Pearson interval; p_value is one-sided, against the chance level 0.5.
 
     The result depends only on the inputs and `seed` (on CPU; GPU kernels may not be
-    bit-exact); the caller's global random state is left as it was.
+    bit-exact); the caller's global random state is left as it was. These convolutions are
+    too small to gain from several threads: on a shared 2-core machine, call it under
+    torch.set_num_threads(1) (several times faster there).
     """
     _check_images(real, "real images")
     _check_images(fake, "generated images")
