@@ -223,6 +223,23 @@ def test_evaluate_samples_judges_each_prior_and_keeps_the_others(runs, tmp_path,
     # The region is the content box every real image shares (portrait 24x32 letterboxed: 12 x 16).
     assert result["samples"]["normal"]["region"] == {"top": 0, "left": 2, "height": 16, "width": 12}
 
+    # The report shows each prior's grid beside its numbers.
+    from vaelab.experiments.report import report_command
+
+    page = report_command([run_dir]).read_text(encoding="utf-8")
+    for prior in ("normal", "mixture"):
+        assert f'alt="{run_dir.name} samples, {prior} prior"' in page and f"<th>{prior} prior</th>" in page
+    accuracy = result["samples"]["mixture"]["c2st"]["accuracy"]
+    assert "C2ST accuracy (0.5 = indistinguishable)" in page and f"{accuracy:.4g}"[:4] in page
+
+    # compare reads them as metrics of the last epoch.
+    from vaelab.experiments import compare
+
+    last = compare.load_run(run_dir).metrics[-1]
+    assert last["c2st_mixture"] == accuracy and last["nn_ratio_normal"] == result["samples"]["normal"]["nn_ratio"]
+    compared = compare.compare_runs([run_dir], metrics=["c2st_mixture", "c2st_normal"])
+    assert json.dumps(compared).count(str(accuracy)) >= 1
+
     # A plain evaluation keeps the sample results; too few samples for 5 folds is one line.
     cli.main(["evaluate", str(run_dir), "--device", "cpu", "--json"])
     assert set(json.loads(capsys.readouterr().out)["samples"]) == {"normal", "mixture"}

@@ -409,7 +409,8 @@ def test_report_on_a_vq_run_shows_the_codebook_and_no_samples(family_runs):
     assert "val_kl by epoch" not in shown  # val_kl is null for every epoch
     assert not any("KL per latent" in alt for alt in shown) and f"{run.name} epoch 2" in shown
     text = " ".join(page.plain.split())
-    assert "samples: not available (a model.kind vq run has no prior to sample from yet" in text
+    assert "samples: not available (a model.kind vq run samples from a prior over its codes" in text
+    assert f"'vaelab prior {run}'" in text
     evaluation = json.loads((run / "evaluation.json").read_text())
     assert 0 < evaluation["codebook_usage"] <= 1
     assert f"codebook usage {format_number(evaluation['codebook_usage'])}" in text and "perplexity" in text

@@ -4,7 +4,8 @@ between groups of seeds is real.
 
 A run folder only needs `config.yaml` and `metrics.jsonl` (one JSON object per epoch with
 `epoch` and `time_s`); nothing else about the trainer is assumed, so runs from older versions
-and runs still in progress can be compared. The flow:
+and runs still in progress can be compared. Where `vaelab evaluate --samples` judged a run's
+samples, `--metric c2st_<prior>` and `nn_ratio_<prior>` compare them (see `sample_metrics`). The flow:
 
     load_runs -> label_runs -> per-run summary + thresholds -> groups + Welch tests -> plots
 
@@ -122,7 +123,25 @@ def load_run(folder: Path) -> RunRecord:
     if not metrics:
         raise VaelabError(f"{folder}: metrics.jsonl has no finished epoch yet; "
                           "wait for the first epoch or leave the run out")
+    metrics[-1] = {**metrics[-1], **sample_metrics(folder)}
     return RunRecord(folder, config, metrics, skipped)
+
+
+def sample_metrics(folder: Path) -> dict:
+    """What `vaelab evaluate --samples` measured, as metrics of the run's last epoch: c2st_<prior>
+    (the C2ST accuracy, lower is better) and nn_ratio_<prior> for each prior it judged (normal,
+    mixture, pixelcnn). They describe the evaluated checkpoint (the best one), so compare them at
+    the final epoch (no --at-epoch)."""
+    from vaelab.files import read_json
+
+    evaluation = read_json(folder / "evaluation.json")
+    judged = evaluation.get("samples") if isinstance(evaluation, dict) else None
+    out = {}
+    for prior, result in (judged.items() if isinstance(judged, dict) else ()):
+        if isinstance(result, dict) and isinstance(result.get("c2st"), dict):
+            out[f"c2st_{prior}"] = number(result["c2st"].get("accuracy"))
+            out[f"nn_ratio_{prior}"] = number(result.get("nn_ratio"))
+    return out
 
 
 def read_metrics(path: Path) -> tuple[list[dict], int]:

@@ -16,8 +16,9 @@ that needs it then says "not available" and why, instead of the report failing.
 
 Every model family (`model.kind` in config.yaml) is reported: a spatial run's KL chart is per
 latent channel; a vq run has no KL (its val_kl is null, so no KL curve is drawn for it), and
-shows its codebook usage and perplexity instead (curves and the evaluation's numbers), and it
-has no samples (no prior yet), which its samples section says.
+shows its codebook usage and perplexity instead (curves and the evaluation's numbers); its
+samples come from the PixelCNN prior that `vaelab prior` fits. Where `vaelab evaluate --samples`
+judged a run's samples, each prior's grid is shown beside its C2ST and nearest-neighbour numbers.
 """
 
 from __future__ import annotations
@@ -309,13 +310,44 @@ def reconstructions_section(run: Run) -> str:
 def samples_section(run: Run) -> str:
     grids = epoch_images(run.folder / "samples")
     image = open_image(grids[-1][1]) if grids else None
+    judged = sample_quality_section(run)
     if image is None and run.family == "vq":
-        return not_available("samples", "a model.kind vq run has no prior to sample from yet, so training writes"
-                             " no samples/ grids")
+        return judged or not_available(
+            "samples", "a model.kind vq run samples from a prior over its codes, which training does not fit; run"
+            f" 'vaelab prior {run.folder}', then 'vaelab evaluate {run.folder} --samples 128'")
     if image is None:
-        return not_available("samples", "no readable samples/epoch-NNNN.png")
-    return f'<p>epoch {grids[-1][0]}, decoded from the same prior noise every epoch:</p>' \
-           f'<div class="grid">{img(image, f"{run.name} samples")}</div>'
+        return judged or not_available("samples", "no readable samples/epoch-NNNN.png")
+    return f'<p>epoch {grids[-1][0]}, decoded from the same N(0, I) noise every epoch:</p>' \
+           f'<div class="grid">{img(image, f"{run.name} samples")}</div>{judged}'
+
+
+SAMPLE_PRIORS = ("normal", "mixture", "pixelcnn")  # the names evaluate --samples keeps results under
+
+
+def sample_quality_section(run: Run) -> str:
+    """`evaluate --samples` per prior: the C2ST and nearest-neighbour numbers beside the sample grid."""
+    judged = (run.evaluation or {}).get("samples")
+    if not isinstance(judged, dict):
+        return ""
+    parts = []
+    for prior in SAMPLE_PRIORS:  # a fixed set: the grid's file name is never taken from the JSON
+        result = judged.get(prior)
+        if not isinstance(result, dict) or not isinstance(result.get("c2st"), dict):
+            continue
+        c2st, ci = result["c2st"], result["c2st"].get("ci95") or [None, None]
+        value = lambda v: esc(format_number(v) if isinstance(v, float) else "—" if v is None else v)  # noqa: E731
+        nn = lambda key: (result.get(key) or {}).get("median")  # noqa: E731
+        table = (f'<table class="evaluation"><tr><th>{esc(prior)} prior</th><th>value</th></tr>'
+                 f"<tr><td>C2ST accuracy (0.5 = indistinguishable)</td><td>{value(c2st.get('accuracy'))}"
+                 f" [{value(ci[0])}, {value(ci[1])}]</td></tr>"
+                 f"<tr><td>NN distance sample → train (median)</td><td>{value(nn('nn_sample_to_train'))}</td></tr>"
+                 f"<tr><td>NN distance validation → train (median)</td><td>{value(nn('nn_val_to_train'))}</td></tr>"
+                 f"<tr><td>ratio (well below 1 = copies)</td><td>{value(result.get('nn_ratio'))}</td></tr></table>")
+        grid = open_image(run.folder / f"samples-{prior}.png")
+        shown = img(grid, f"{run.name} samples, {prior} prior") if grid else not_available("grid", f"no samples-{prior}.png")
+        parts.append(f"<p>{esc(result.get('prior_description') or prior)}; {value(result.get('samples'))} samples:</p>"
+                     f'<div class="grid">{shown}</div>{table}')
+    return "".join(parts)
 
 
 def latent_section(run: Run) -> str:
