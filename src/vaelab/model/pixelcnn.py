@@ -54,17 +54,30 @@ class GatedLayer(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, v: Tensor, h: Tensor, tags: Optional[Tensor]) -> tuple[Tensor, Tensor]:
-        half = self.half
-        v_features = self.vertical(F.pad(v, (half, half, half, 0)))  # rows <= i: moved down below
-        h_features = self.horizontal(F.pad(h, (half, 0, 0, 0)))  # columns <= j of row i
+        v_out, to_horizontal = self.vertical_part(v, tags)
+        return v_out, self.horizontal_part(h, to_horizontal, tags)
+
+    def bias(self, tags: Optional[Tensor]) -> Optional[Tensor]:
+        return None if self.condition is None or tags is None else self.condition(tags)[:, :, None, None]
+
+    def vertical_part(self, v: Tensor, tags: Optional[Tensor]) -> tuple[Tensor, Tensor]:
+        """The vertical stack's output, and what it passes to the horizontal stack: row i gets
+        the features of the rows above it only."""
+        half, bias = self.half, self.bias(tags)
+        v_features = self.vertical(F.pad(v, (half, half, half, 0)))  # rows i - k//2 .. i
+        to_horizontal = self.vertical_to_horizontal(shift_down(v_features))
+        return gate(v_features if bias is None else v_features + bias), to_horizontal
+
+    def horizontal_part(self, h: Tensor, to_horizontal: Tensor, tags: Optional[Tensor]) -> Tensor:
+        bias = self.bias(tags)
+        h_features = self.horizontal(F.pad(h, (self.half, 0, 0, 0)))  # columns j - k//2 .. j of row i
         if self.first:
             h_features = shift_right(h_features)  # the first layer's input is the codes themselves
-        h_features = h_features + self.vertical_to_horizontal(shift_down(v_features))
-        if self.condition is not None and tags is not None:
-            bias = self.condition(tags)[:, :, None, None]
-            v_features, h_features = v_features + bias, h_features + bias
+        h_features = h_features + to_horizontal
+        if bias is not None:
+            h_features = h_features + bias
         h_out = self.horizontal_out(self.dropout(gate(h_features)))
-        return gate(v_features), h_out if self.first else h + h_out
+        return h_out if self.first else h + h_out
 
 
 class GatedPixelCNN(nn.Module):
@@ -109,9 +122,17 @@ class GatedPixelCNN(nn.Module):
         if tags is not None:
             tags = tags.to(device)
         for i in range(height):
+            # The vertical stacks see only the rows above row i, which are drawn: once per row.
+            v = self.embedding(codes[:, :i + 1]).permute(0, 3, 1, 2)
+            from_above = []
+            for layer in self.layers:
+                v, to_horizontal = layer.vertical_part(v, tags)
+                from_above.append(to_horizontal[:, :, i:i + 1])
             for j in range(width):
-                # A position depends only on the rows up to its own, so the rest is not computed.
-                logits = self.forward(codes[:, :i + 1], tags)[:, :, i, j].float().cpu() / temperature
+                h = self.embedding(codes[:, i:i + 1]).permute(0, 3, 1, 2)  # row i; codes after j are not read
+                for layer, to_horizontal in zip(self.layers, from_above):
+                    h = layer.horizontal_part(h, to_horizontal, tags)
+                logits = self.head(h[:, :, :, j:j + 1])[:, :, 0, 0].float().cpu() / temperature
                 if top_k is not None:
                     kth = logits.topk(top_k, dim=1).values[:, -1:]
                     logits = logits.masked_fill(logits < kth, -math.inf)
