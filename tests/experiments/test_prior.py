@@ -17,7 +17,8 @@ from vaelab import cli
 from vaelab.config import load_config
 from vaelab.errors import VaelabError
 from vaelab.experiments import prior as priors
-from vaelab.experiments import use
+from vaelab.experiments import sampling, use
+from vaelab.runs import load_run
 
 SIZE = 16
 SMALL_PRIOR = ["prior.channels=8", "prior.layers=2", "prior.kernel=3", "prior.batch_size=8"]
@@ -94,18 +95,18 @@ def test_a_pixelcnn_prior_over_vq_codes_and_sampling_from_it(runs, tmp_path, cap
     c, _ = use.sample(run_dir, tmp_path / "c.png", count=4, seed=3, device="cpu")
     assert np.array_equal(pixels(tmp_path / "a.png"), pixels(b)) and not np.array_equal(pixels(b), pixels(c))
     # The decoded codes are the PixelCNN's own draw, decoded by the vq model.
-    run = priors.load_run(run_dir, device="cpu")
-    draw = priors.draw_latents(run, 4, seed=2)
-    fitted = priors.load_prior(run)
+    run = load_run(run_dir, device="cpu")
+    draw = sampling.draw_latents(run, 4, seed=2)
+    fitted = sampling.load_prior(run)
     expected = fitted.network.sample(4, (8, 8), torch.Generator().manual_seed(2))
     assert draw.codes and draw.prior == "pixelcnn" and torch.equal(draw.latents, expected)
-    greedy = priors.draw_latents(run, 2, seed=0, top_k=1).latents
-    assert torch.equal(greedy, priors.draw_latents(run, 2, seed=5, top_k=1).latents)
+    greedy = sampling.draw_latents(run, 2, seed=0, top_k=1).latents
+    assert torch.equal(greedy, sampling.draw_latents(run, 2, seed=5, top_k=1).latents)
 
     with pytest.raises(VaelabError, match="not conditioned on tags"):
-        priors.draw_latents(run, 2, tags=["red"])
+        sampling.draw_latents(run, 2, tags=["red"])
     with pytest.raises(VaelabError, match=r"--prior normal: a vq run's latent is a map of codes, where N\(0, I\) has no meaning"):
-        priors.draw_latents(run, 2, prior="normal")  # N(0, I) means nothing for codes
+        sampling.draw_latents(run, 2, prior="normal")  # N(0, I) means nothing for codes
 
 
 def test_the_pixelcnn_prior_resumes_exactly(runs, tmp_path):
@@ -140,16 +141,16 @@ def test_other_settings_need_fresh_and_fresh_keeps_the_old_prior(runs, tmp_path)
     kept = list(run_dir.glob("prior-replaced-*"))
     assert len(kept) == 1 and (kept[0] / "pixelcnn.safetensors").is_file()
 
-    run = priors.load_run(run_dir, device="cpu")
-    tags = priors.load_prior(run).summary["tags"]
+    run = load_run(run_dir, device="cpu")
+    tags = sampling.load_prior(run).summary["tags"]
     assert tags[0] == "figure" and sorted(tags) == ["blue", "figure", "red"]  # the most frequent first
-    red = priors.draw_latents(run, 3, seed=0, tags=["red"])
+    red = sampling.draw_latents(run, 3, seed=0, tags=["red"])
     assert red.latents.shape == (3, 8, 8) and "tags red" in red.description
-    network = priors.load_prior(run).network
-    as_red, as_blue = (priors.tag_condition(tags, [name], 3) for name in ("red", "blue"))
+    network = sampling.load_prior(run).network
+    as_red, as_blue = (sampling.tag_condition(tags, [name], 3) for name in ("red", "blue"))
     assert not torch.allclose(network(red.latents, as_red), network(red.latents, as_blue))
     with pytest.raises(VaelabError, match=r"--tag 'rde': not a tag the prior was trained with; did you mean red\?"):
-        priors.draw_latents(run, 2, tags=["rde"])
+        sampling.draw_latents(run, 2, tags=["rde"])
 
 
 def test_a_mixture_prior_for_a_vector_run(runs, tmp_path, capsys):
@@ -166,10 +167,10 @@ def test_a_mixture_prior_for_a_vector_run(runs, tmp_path, capsys):
     best = max(summary["candidates"], key=lambda c: c["val_nats_per_float"])
     assert (summary["components"], summary["covariance"]) == (best["components"], best["covariance"])
 
-    run = priors.load_run(run_dir, device="cpu")
-    draw = priors.draw_latents(run, 5, seed=0)
+    run = load_run(run_dir, device="cpu")
+    draw = sampling.draw_latents(run, 5, seed=0)
     assert draw.prior == "mixture" and draw.latents.shape == (5, 4) and not draw.codes
-    expected = priors.load_prior(run).mixture.sample(5, torch.Generator().manual_seed(0))
+    expected = sampling.load_prior(run).mixture.sample(5, torch.Generator().manual_seed(0))
     assert torch.equal(draw.latents, expected)
     after, said = use.sample(run_dir, tmp_path / "after.png", count=4, seed=0, device="cpu")
     assert said.startswith("a Gaussian mixture of")
@@ -177,7 +178,7 @@ def test_a_mixture_prior_for_a_vector_run(runs, tmp_path, capsys):
     assert said == "N(0, I)" and np.array_equal(pixels(normal), pixels(normal_before))
     assert not np.array_equal(pixels(after), pixels(normal))
     with pytest.raises(VaelabError, match="--top-k: only an autoregressive prior"):
-        priors.draw_latents(run, 2, top_k=3)
+        sampling.draw_latents(run, 2, top_k=3)
 
 
 def test_bad_prior_requests_are_one_line_errors(runs, tmp_path, capsys):

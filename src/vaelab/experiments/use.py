@@ -221,7 +221,7 @@ def sample(run_dir: PathLike, out: PathLike, count: int = 16, seed: int = 0, col
     """A grid of `count` images decoded from the run's prior (`vaelab.experiments.prior.draw_latents`:
     the learned prior where `vaelab prior` fitted one, else N(0, I)); the same seed gives the same
     grid. Returns the file and which prior drew the latents."""
-    from vaelab.experiments.prior import draw_latents
+    from vaelab.experiments.sampling import draw_latents
 
     run = load_run(run_dir, checkpoint, device)
     draw = draw_latents(run, count, seed, prior, temperature, top_k, tags)
