@@ -215,6 +215,7 @@ def test_evaluate_samples_judges_each_prior_and_keeps_the_others(runs, tmp_path,
         assert judged["prior"] == name and judged["samples"] == 16 and Path(judged["grid"]).is_file()
         assert c2st["tested"] == 2 * min(16, val_images) and 0 <= c2st["accuracy"] <= 1
         assert c2st["ci95"][0] <= c2st["accuracy"] <= c2st["ci95"][1]
+        assert judged["c2st_decoded"]["tested"] == c2st["tested"]
         assert judged["nn_sample_to_train"]["min"] <= judged["nn_sample_to_train"]["median"]
         assert judged["nn_ratio"] == pytest.approx(judged["nn_sample_to_train"]["median"] / judged["nn_val_to_train"]["median"])
     # Samples of one seed are the same however often they are judged: the same C2ST.
@@ -237,6 +238,7 @@ def test_evaluate_samples_judges_each_prior_and_keeps_the_others(runs, tmp_path,
     from vaelab.experiments import compare
 
     last = compare.load_run(run_dir).metrics[-1]
+    assert last["c2st_decoded_mixture"] == result["samples"]["mixture"]["c2st_decoded"]["accuracy"]
     assert last["c2st_mixture"] == accuracy and last["nn_ratio_normal"] == result["samples"]["normal"]["nn_ratio"]
     compared = compare.compare_runs([run_dir], metrics=["c2st_mixture", "c2st_normal"])
     assert json.dumps(compared).count(str(accuracy)) >= 1

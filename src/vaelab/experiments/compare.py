@@ -129,7 +129,7 @@ def load_run(folder: Path) -> RunRecord:
 
 def sample_metrics(folder: Path) -> dict:
     """What `vaelab evaluate --samples` measured, as metrics of the run's last epoch: c2st_<prior>
-    (the C2ST accuracy, lower is better) and nn_ratio_<prior> for each prior it judged (normal,
+    and c2st_decoded_<prior> (C2ST accuracies, lower is better) and nn_ratio_<prior> for each prior it judged (normal,
     mixture, pixelcnn). They describe the evaluated checkpoint (the best one), so compare them at
     the final epoch (no --at-epoch)."""
     from vaelab.files import read_json
@@ -140,6 +140,9 @@ def sample_metrics(folder: Path) -> dict:
     for prior, result in (judged.items() if isinstance(judged, dict) else ()):
         if isinstance(result, dict) and isinstance(result.get("c2st"), dict):
             out[f"c2st_{prior}"] = number(result["c2st"].get("accuracy"))
+            decoded = result.get("c2st_decoded")
+            if isinstance(decoded, dict):
+                out[f"c2st_decoded_{prior}"] = number(decoded.get("accuracy"))
             out[f"nn_ratio_{prior}"] = number(result.get("nn_ratio"))
     return out
 

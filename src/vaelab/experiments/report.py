@@ -340,6 +340,8 @@ def sample_quality_section(run: Run) -> str:
         table = (f'<table class="evaluation"><tr><th>{esc(prior)} prior</th><th>value</th></tr>'
                  f"<tr><td>C2ST accuracy (0.5 = indistinguishable)</td><td>{value(c2st.get('accuracy'))}"
                  f" [{value(ci[0])}, {value(ci[1])}]</td></tr>"
+                 f"<tr><td>C2ST accuracy against the model's reconstructions (the prior alone)</td>"
+                 f"<td>{value((result.get('c2st_decoded') or {}).get('accuracy'))}</td></tr>"
                  f"<tr><td>NN distance sample → train (median)</td><td>{value(nn('nn_sample_to_train'))}</td></tr>"
                  f"<tr><td>NN distance validation → train (median)</td><td>{value(nn('nn_val_to_train'))}</td></tr>"
                  f"<tr><td>ratio (well below 1 = copies)</td><td>{value(result.get('nn_ratio'))}</td></tr></table>")

@@ -98,6 +98,12 @@ def draw_latents(run: LoadedRun, count: int, seed: int = 0, prior: str = "auto",
         raise VaelabError(f"{run.run_dir}: no learned prior in {where}; 'vaelab prior {run.run_dir}' fits {what}"
                           + ("" if run.model.family == "vq" else ", or use --prior normal for N(0, I)"))
     kind = "normal" if fitted is None else fitted.kind
+    fitted_to = None if fitted is None else fitted.summary.get("run_checkpoint")
+    if fitted_to and fitted_to != run.checkpoint.name:
+        import warnings
+
+        warnings.warn(f"{where} was fitted to the latents of {fitted_to}, these weights are {run.checkpoint.name};"
+                      f" refit with 'vaelab prior {run.run_dir} --fresh' if the two differ much")
     if tags and not (kind == "pixelcnn" and fitted.summary.get("tags")):
         raise VaelabError("--tag: this prior is not conditioned on tags; fit one with 'vaelab prior RUN --fresh"
                           " --set prior.tags=true' (a vq run)")
