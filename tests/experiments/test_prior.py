@@ -59,6 +59,7 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     return {
         "vq": train(tmp, images, "{kind: vq, channels: [8, 16], norm_groups: 8, code_dim: 4, codebook_size: 16}", "vq"),
         "vector": train(tmp, images, "{conv: [{filters: 8, kernel: 3, stride: 2}], dense: 16, latent: 4}", "vector"),
+        "spatial": train(tmp, images, "{kind: spatial, channels: [8, 16], norm_groups: 8, z_channels: 1}", "spatial"),
     }
 
 
@@ -250,3 +251,14 @@ def test_evaluate_samples_judges_each_prior_and_keeps_the_others(runs, tmp_path,
         cli.main(["evaluate", str(run_dir), "--samples", "4", "--device", "cpu"])
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "need at least 10" in err
+
+
+def test_a_mixture_prior_over_a_spatial_latent_map(runs, tmp_path):
+    run_dir = copy_of(runs["spatial"], tmp_path)
+    summary = priors.fit_prior(run_dir, ["prior.components=[1, 2]"], device="cpu", progress=False, log=lambda m: None)
+    assert summary["kind"] == "mixture" and summary["latent_shape"] == [1, 8, 8]
+    run = load_run(run_dir, device="cpu")
+    draw = sampling.draw_latents(run, 3, seed=0)
+    assert draw.prior == "mixture" and draw.latents.shape == (3, 1, 8, 8)
+    path, said = use.sample(run_dir, tmp_path / "s.png", count=3, seed=0, device="cpu")
+    assert said.startswith("a Gaussian mixture of") and path.is_file()
