@@ -70,24 +70,6 @@ def reconstructions_of_training_images(run, args) -> np.ndarray:
     return decode_pixels(run, encoded.codes, codes=True)
 
 
-def judge_images(run, images: np.ndarray, name: str) -> dict:
-    """evaluate_samples' measures for images that are not drawn from a prior (the reference row)."""
-    from vaelab.experiments.evaluate_samples import reconstructions, split_pixels
-    from vaelab.experiments.sample_quality import (classifier_two_sample_test, common_box, crop, distance_summary,
-                                                   nearest_distances)
-
-    val, val_boxes = split_pixels(run.data, "val")
-    train, train_boxes = split_pixels(run.data, "train")
-    region = common_box(np.concatenate([train_boxes, val_boxes]))
-    to_train, _ = nearest_distances(crop(images, region), crop(train, region))
-    val_to_train, _ = nearest_distances(crop(val, region), crop(train, region))
-    c2st = classifier_two_sample_test(crop(val, region), crop(images, region), seed=0)
-    decoded = classifier_two_sample_test(crop(reconstructions(run, val, val_boxes), region), crop(images, region), seed=0)
-    sample_nn, val_nn = distance_summary(to_train), distance_summary(val_to_train)
-    return {"prior": name, "samples": len(images), "c2st": c2st, "c2st_decoded": decoded, "nn_sample_to_train": sample_nn,
-            "nn_val_to_train": val_nn, "nn_ratio": sample_nn["median"] / val_nn["median"]}
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=Path, default=SHARED)
@@ -105,7 +87,7 @@ def main() -> int:
     started = time.monotonic()
     log = lambda message: print(f"[{time.monotonic() - started:7.1f} s] {message}", file=sys.stderr, flush=True)  # noqa: E731
 
-    from vaelab.experiments.evaluate_samples import evaluate_samples
+    from vaelab.experiments.evaluate_samples import evaluate_samples, judge
     from vaelab.experiments.prior import fit_prior
     from vaelab.runs import load_run
 
@@ -125,8 +107,8 @@ def main() -> int:
         rows[key] = evaluate_samples(loaded[family], loaded[family].data, args.samples, prior, seed=0)
         rows[key].update({"family": family, "wall_s": round(time.monotonic() - began, 1)})
         log(f"({key}) {family} {rows[key]['prior']}: C2ST {rows[key]['c2st']['accuracy']:.3f}")
-    rows["r"] = judge_images(loaded["vq"], reconstructions_of_training_images(loaded["vq"], args), "reconstructions")
-    rows["r"]["family"] = "vq"
+    reference = reconstructions_of_training_images(loaded["vq"], args)
+    rows["r"] = {"prior": "reconstructions", "family": "vq", **judge(loaded["vq"], loaded["vq"].data, reference, seed=0)}
 
     names = {"a": "vector, N(0, I) (baseline)", "b": "vector, mixture prior", "c": "vq, PixelCNN prior",
              "r": "vq, reconstructions of train images (reference)"}

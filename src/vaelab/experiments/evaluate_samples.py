@@ -60,31 +60,36 @@ def split_pixels(data: DataConfig, split: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def evaluate_samples(run: LoadedRun, data: DataConfig, count: int, prior: str = "auto", seed: int = 0) -> dict:
+    """Draw `count` samples from the run's prior, save their grid, and `judge` them."""
     from vaelab.experiments.use import decode_pixels
 
     started = time.monotonic()
     draw = draw_latents(run, count, seed, prior)
     samples = decode_pixels(run, draw.latents, codes=draw.codes)
+    grid = save_png(image_grid(samples[:GRID_IMAGES], math.ceil(math.sqrt(min(count, GRID_IMAGES)))),
+                    run.run_dir / f"samples-{draw.prior}.png")
+    return {"prior": draw.prior, "prior_description": draw.description, "seed": seed, **judge(run, data, samples, seed),
+            "grid": str(grid), "time_s": round(time.monotonic() - started, 3)}
+
+
+def judge(run: LoadedRun, data: DataConfig, images: np.ndarray, seed: int = 0) -> dict:
+    """The C2STs and nearest-neighbour distances of generated uint8 images (N, H, W, 3) (module doc)."""
     val, val_boxes = split_pixels(data, "val")
     train, train_boxes = split_pixels(data, "train")
     region = common_box(np.concatenate([train_boxes, val_boxes]))
-    grid = save_png(image_grid(samples[:GRID_IMAGES], math.ceil(math.sqrt(min(count, GRID_IMAGES)))),
-                    run.run_dir / f"samples-{draw.prior}.png")
-
     with torch.no_grad():
-        to_train, _ = nearest_distances(crop(samples, region), crop(train, region))
+        to_train, _ = nearest_distances(crop(images, region), crop(train, region))
         val_to_train, _ = nearest_distances(crop(val, region), crop(train, region))
-    c2st = classifier_two_sample_test(crop(val, region), crop(samples, region), seed=seed, device=run.device)
-    decoded = classifier_two_sample_test(crop(reconstructions(run, val, val_boxes), region), crop(samples, region),
+    c2st = classifier_two_sample_test(crop(val, region), crop(images, region), seed=seed, device=run.device)
+    decoded = classifier_two_sample_test(crop(reconstructions(run, val, val_boxes), region), crop(images, region),
                                          seed=seed, device=run.device)
     sample_nn, val_nn = distance_summary(to_train), distance_summary(val_to_train)
     return {
-        "prior": draw.prior, "prior_description": draw.description, "samples": count, "seed": seed,
+        "samples": len(images),
         "region": {"top": region[0], "left": region[1], "height": region[2], "width": region[3]},
         "c2st": c2st, "c2st_decoded": decoded,
         "nn_sample_to_train": sample_nn, "nn_val_to_train": val_nn,
         "nn_ratio": sample_nn["median"] / val_nn["median"] if val_nn["median"] > 0 else None,
-        "grid": str(grid), "time_s": round(time.monotonic() - started, 3),
         "units": {
             "c2st": "accuracy of a CNN telling validation images from samples, 5-fold; 0.5 = indistinguishable",
             "c2st_decoded": "the same against the model's reconstructions of the validation images: the prior alone",
