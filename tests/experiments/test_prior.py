@@ -106,6 +106,13 @@ def test_a_pixelcnn_prior_over_vq_codes_and_sampling_from_it(runs, tmp_path, cap
 
     with pytest.raises(VaelabError, match="not conditioned on tags"):
         sampling.draw_latents(run, 2, tags=["red"])
+    damaged = copy_of(run_dir, tmp_path, "damaged")
+    (damaged / "prior" / "pixelcnn.safetensors").write_bytes(b"\x00" * 16)
+    with pytest.raises(VaelabError, match="pixelcnn.safetensors: not readable"):
+        sampling.draw_latents(load_run(damaged, device="cpu"), 2)
+    (damaged / "prior" / "config.yaml").write_text("prior: [")
+    with pytest.raises(VaelabError, match="config.yaml: not a readable prior config"):
+        sampling.draw_latents(load_run(damaged, device="cpu"), 2)
     with pytest.raises(VaelabError, match=r"--prior normal: a vq run's latent is a map of codes, where N\(0, I\) has no meaning"):
         sampling.draw_latents(run, 2, prior="normal")  # N(0, I) means nothing for codes
 
@@ -138,6 +145,9 @@ def test_other_settings_need_fresh_and_fresh_keeps_the_old_prior(runs, tmp_path)
     priors.fit_prior(run_dir, SMALL_PRIOR + ["prior.epochs=1"], **quiet)
     with pytest.raises(VaelabError, match=r"holds a prior with other settings \(channels\); add --fresh"):
         priors.fit_prior(run_dir, ["prior.channels=16"], **quiet)
+    (run_dir / "prior" / "config.yaml").write_text("channels: [")
+    with pytest.raises(VaelabError, match=r"prior/config.yaml: not a prior config; add --fresh"):
+        priors.fit_prior(run_dir, (), **quiet)
     priors.fit_prior(run_dir, SMALL_PRIOR + ["prior.epochs=1", "prior.tags=true"], fresh=True, **quiet)
     kept = list(run_dir.glob("prior-replaced-*"))
     assert len(kept) == 1 and (kept[0] / "pixelcnn.safetensors").is_file()

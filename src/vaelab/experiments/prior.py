@@ -168,8 +168,11 @@ def fit_prior(run_dir: Path, overrides: Sequence[str] = (), fresh: bool = False,
     run = load_run(run_dir, "best", device)
     folder = run_dir / PRIOR_DIR
     saved = folder / "config.yaml"
-    previous = yaml.safe_load(saved.read_text(encoding="utf-8")) if saved.is_file() else None
-    if previous is not None and not isinstance(previous, dict):
+    try:
+        previous = yaml.safe_load(saved.read_text(encoding="utf-8")) if saved.is_file() else None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        previous = "unreadable"
+    if previous is not None and not isinstance(previous, dict) and not fresh:
         raise VaelabError(f"{saved}: not a prior config; add --fresh to fit a new prior (the old folder is kept)")
     config = prior_config(None if fresh else previous, overrides)
     kind = resolved_kind(config, run.model.family, run_dir)

@@ -53,7 +53,12 @@ def load_prior(run: LoadedRun) -> Optional[FittedPrior]:
         return None
     if summary.get("kind") == "mixture":
         return FittedPrior("mixture", folder, summary, mixture=GaussianMixture.load(folder / MIXTURE_FILE))
-    config = prior_config(yaml.safe_load((folder / "config.yaml").read_text(encoding="utf-8")))
+    try:
+        saved = yaml.safe_load((folder / "config.yaml").read_text(encoding="utf-8"))
+        config = prior_config(saved if isinstance(saved, dict) else None)
+    except (OSError, yaml.YAMLError, VaelabError) as error:
+        raise VaelabError(f"{folder / 'config.yaml'}: not a readable prior config ({str(error).splitlines()[0]});"
+                          " refit with 'vaelab prior RUN --fresh'") from None
     network = build_pixelcnn(config, run.model.codebook_size, len(summary.get("tags") or []))
     try:
         network.load_state_dict(load_file(str(folder / PIXELCNN_FILE)))
