@@ -1,7 +1,7 @@
-"""benchmarks/sample_quality.py (this file is not test_sample_quality.py: pytest would take it for
-tests/experiments/test_sample_quality.py, as neither folder is a package) in --quick mode on a tiny
-generated collection: the whole script runs
-(two trainings, both priors, four judged samplers) and its JSON line has the documented structure."""
+"""benchmarks/sample_quality.py in --quick mode on a tiny generated collection: the whole script runs
+(two trainings, both priors, four judged samplers) and its JSON line has the documented structure.
+(Not test_sample_quality.py: pytest would mistake it for tests/experiments/test_sample_quality.py,
+as neither folder is a package.)"""
 
 import json
 import subprocess
