@@ -46,6 +46,14 @@ def read_json(path: Path) -> Optional[Any]:
         return None
 
 
+def save_safetensors(tensors: dict, path: Path, metadata: Optional[dict[str, str]] = None) -> None:
+    """Tensors (no pickle: safe to download) in the safetensors format, written atomically."""
+    from safetensors.torch import save_file
+
+    with atomic_path(Path(path)) as temporary:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(temporary), metadata=metadata)
+
+
 def append_json_line(path: Path, record: dict) -> None:
     """One JSON object per line, flushed to disk, so a kill loses at most the line being written."""
     with open(path, "a", encoding="utf-8") as file:

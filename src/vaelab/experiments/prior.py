@@ -26,6 +26,7 @@ import json
 import math
 import shutil
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -36,7 +37,7 @@ from torch import Tensor
 
 from vaelab.checkpoints import BEST, LAST, CheckpointFolder
 from vaelab.errors import VaelabError
-from vaelab.files import append_json_line, write_json, write_text
+from vaelab.files import append_json_line, save_safetensors, write_json, write_text
 from vaelab.model.mixture import fit_mixture
 from vaelab.model.pixelcnn import GatedPixelCNN
 from vaelab.prior_config import PriorConfig, prior_config
@@ -75,28 +76,23 @@ def encode_split(run: LoadedRun, split: str) -> tuple[Tensor, list[list[str]], i
     from vaelab.experiments.evaluate import split_loader
     from vaelab.experiments.use import encode_pixels
 
+    shape = tuple(run.model.latent_shape)
+    vq = run.model.family == "vq"
+    empty = torch.zeros(0, *(shape[1:] if vq else shape), dtype=torch.long if vq else torch.float32)
     if split == "val" and run.config.data.val_fraction == 0:
-        return torch.zeros(0, *latent_target_shape(run)), [], 0
+        return empty, [], 0
     loader, _ = split_loader(run.data, split, 64)
     metadata, selected = loader.images.metadata, loader.images.selected
     parts, tags = [], []
     for batch in loader.batches(0):
         encoded = encode_pixels(run, batch.pixels, batch.boxes)
-        parts.append(encoded.codes if run.model.family == "vq" else encoded.mode)
+        parts.append(encoded.codes if vq else encoded.mode)
         tags += [metadata.tags(int(selected[p])) for p in batch.positions]
-    empty = torch.zeros(0, *latent_target_shape(run), dtype=torch.long if run.model.family == "vq" else torch.float32)
     return (torch.cat(parts) if parts else empty), tags, len(loader.skipped)
 
 
-def latent_target_shape(run: LoadedRun) -> tuple[int, ...]:
-    shape = tuple(run.model.latent_shape)
-    return shape[1:] if run.model.family == "vq" else shape
-
-
 def encoded_latents(run: LoadedRun, folder: Path, max_tags: int, log: Callable[[str], None]) -> Latents:
-    from safetensors.torch import load_file, save_file
-
-    from vaelab.files import atomic_path
+    from safetensors.torch import load_file
 
     path = folder / LATENTS_FILE
     key = json.dumps({"checkpoint": file_sha256(run.checkpoint), "max_tags": max_tags})
@@ -117,17 +113,12 @@ def encoded_latents(run: LoadedRun, folder: Path, max_tags: int, log: Callable[[
     val, val_tags, skipped_val = encode_split(run, "val")
     if len(train) == 0:
         raise VaelabError(f"{run.run_dir}: none of the training images could be read; see 'vaelab data stats'")
-    counts: dict[str, int] = {}
-    for names in train_tags:
-        for name in set(names):
-            counts[name] = counts.get(name, 0) + 1
+    counts = Counter(name for names in train_tags for name in set(names))
     tag_names = sorted(counts, key=lambda name: (-counts[name], name))[:max_tags]
     latents = Latents(train, val, multi_hot(train_tags, tag_names), multi_hot(val_tags, tag_names), tag_names,
                       skipped_train + skipped_val)
     tensors = {"train": latents.train, "val": latents.val, "train_tags": latents.train_tags, "val_tags": latents.val_tags}
-    with atomic_path(path) as temporary:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(temporary),
-                  metadata={"key": key, "tag_names": json.dumps(tag_names), "skipped": str(latents.skipped)})
+    save_safetensors(tensors, path, {"key": key, "tag_names": json.dumps(tag_names), "skipped": str(latents.skipped)})
     return latents
 
 
@@ -301,12 +292,7 @@ def train_pixelcnn(run: LoadedRun, config: PriorConfig, latents: Latents, folder
     best_state = checkpoints.load(BEST) or checkpoints.load(LAST)
     if best_state is None:
         raise VaelabError(f"{folder}: prior.epochs {config.epochs} trained nothing; raise prior.epochs")
-    from safetensors.torch import save_file
-
-    from vaelab.files import atomic_path
-
-    with atomic_path(folder / PIXELCNN_FILE) as temporary:
-        save_file({k: v.contiguous() for k, v in best_state["network"].items()}, str(temporary))
+    save_safetensors(best_state["network"], folder / PIXELCNN_FILE)
     records = [json.loads(line) for line in metrics_file.read_text(encoding="utf-8").splitlines() if line.strip()]
     best_record = next((r for r in records if r["epoch"] == best_epoch), records[-1])
     return {"epochs": config.epochs, "best_epoch": best_epoch, "val_bits_per_code": best_record["val_bits_per_code"],

@@ -65,12 +65,9 @@ class GaussianMixture:
         return {"weights": self.weights, "means": self.means, "scales": self.scales}
 
     def save(self, path: Path) -> None:
-        from safetensors.torch import save_file
+        from vaelab.files import save_safetensors
 
-        from vaelab.files import atomic_path
-
-        with atomic_path(Path(path)) as temporary:
-            save_file({k: v.contiguous() for k, v in self.tensors().items()}, str(temporary))
+        save_safetensors(self.tensors(), path)
 
     @classmethod
     def load(cls, path: Path) -> "GaussianMixture":
