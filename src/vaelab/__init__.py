@@ -10,7 +10,7 @@ __version__ = "0.1.0"
 def __getattr__(name: str):
     # Imported on first use, so that `vaelab --help` does not pay for importing torch.
     if name == "load_run":
-        from vaelab.runs import load_run
+        from vaelab.runs.loaded import load_run
 
         return load_run
     raise AttributeError(f"module 'vaelab' has no attribute {name!r}")

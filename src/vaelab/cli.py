@@ -34,7 +34,7 @@ class RunDirType(click.ParamType):
     name = "run_dir"
 
     def convert(self, value, param, ctx) -> Path:
-        from vaelab.fetch import fetch_run, is_url
+        from vaelab.remote.fetch import fetch_run, is_url
 
         if not is_url(value):
             return Path(value)
@@ -46,7 +46,7 @@ RUN_DIR = RunDirType()
 
 def _run_dirs(ctx, param, values: tuple[str, ...]) -> tuple[Path, ...]:
     """Run folders; a URL of a folder of runs (s3://bucket/runs) stands for each run in it."""
-    from vaelab.fetch import is_url, run_urls
+    from vaelab.remote.fetch import is_url, run_urls
 
     return tuple(RUN_DIR.convert(url, param, ctx) for value in values
                  for url in (run_urls(value) if is_url(value) else [value]))
@@ -226,7 +226,7 @@ def train(config_path: Optional[Path], overrides: tuple[str, ...], resume: Optio
     import os
 
     if devices is not None and devices > 1 and "WORLD_SIZE" not in os.environ:
-        from vaelab.distributed import launch
+        from vaelab.train.distributed import launch
 
         args = ["train"] + (["-c", str(config_path)] if config_path is not None else [])
         args += [item for override in overrides for item in ("--set", override)]
@@ -235,7 +235,7 @@ def train(config_path: Optional[Path], overrides: tuple[str, ...], resume: Optio
         if status:
             sys.exit(status)
         return
-    from vaelab.runs import exit_status, train_command
+    from vaelab.runs.session import exit_status, train_command
 
     status = exit_status(train_command(config_path, overrides, resume))
     if status:  # not finished: a scheduler must see it (see docs/preemptible.md)
@@ -328,14 +328,14 @@ def sweep(plan_path: Path, workers: int, journal_only: bool, storage: Optional[s
     and the journal lists its best trials.
     """
     if storage is None and not worker and search is None:
-        from vaelab.experiments.sweep import sweep_command
+        from vaelab.experiments.sweep.local import sweep_command
 
         sweep_command(plan_path, workers, journal_only)
         return
     if workers > 1:
         raise VaelabError(f"--workers {workers}: with --storage, start one `vaelab sweep {plan_path} --storage URL "
                           "--worker` per job to run at once instead")
-    from vaelab.experiments.sweep_storage import storage_command
+    from vaelab.experiments.sweep.storage import storage_command
 
     storage_command(plan_path, storage, worker=worker, search=search, grace=grace, journal_only=journal_only)
 

@@ -2,7 +2,7 @@
 
 A writer gets a temporary path beside the target (same folder, so the rename cannot cross
 file systems) and the target is replaced only when the write finished; readers see the old
-file or the new one. Checkpoints additionally fsync (vaelab.checkpoints) because they must
+file or the new one. Checkpoints additionally fsync (vaelab.runs.checkpoints) because they must
 survive a power cut, not only a killed process.
 """
 

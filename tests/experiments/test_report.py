@@ -264,7 +264,7 @@ def test_out_folder_and_bad_input(tmp_path):
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory) -> Path:
     """Two epochs on 12 tiny JPEGs whose every tag list holds SCRIPT_TAG, kept by data.filter.include."""
-    from vaelab.runs import train_run
+    from vaelab.runs.session import train_run
 
     root = tmp_path_factory.mktemp("real")
     rng = np.random.default_rng(0)
@@ -361,7 +361,7 @@ FAMILY_MODELS = {
 def family_runs(tmp_path_factory) -> dict[str, Path]:
     """A tiny spatial and vq run (16 px, two epochs), each evaluated."""
     from vaelab.experiments.evaluate import evaluate_run
-    from vaelab.runs import train_run
+    from vaelab.runs.session import train_run
 
     root = tmp_path_factory.mktemp("families")
     rng = np.random.default_rng(1)

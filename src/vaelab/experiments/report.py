@@ -39,9 +39,9 @@ from PIL import Image
 
 import vaelab
 from vaelab.errors import VaelabError
-from vaelab.files import write_text
 from vaelab.experiments import compare, compare_tables, labels
 from vaelab.experiments.stats import format_number
+from vaelab.files import write_text
 
 # Drawn when any run has them: val_kl is null for vq runs, the last three exist for vq runs only.
 CURVES = ("val_loss", "val_recon", "val_kl", "val_psnr", "val_commitment", "val_codebook_usage", "val_perplexity")

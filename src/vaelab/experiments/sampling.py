@@ -20,14 +20,13 @@ import torch
 import yaml
 from torch import Tensor
 
+from vaelab.config.prior import prior_config
 from vaelab.errors import VaelabError
 from vaelab.experiments.prior import MIXTURE_FILE, PIXELCNN_FILE, PRIOR_DIR, SUMMARY_FILE, build_pixelcnn, multi_hot
 from vaelab.files import read_json
 from vaelab.model.mixture import GaussianMixture
 from vaelab.model.pixelcnn import GatedPixelCNN
-from vaelab.prior_config import prior_config
-from vaelab.runs import LoadedRun
-
+from vaelab.runs.loaded import LoadedRun
 
 # --------------------------------------------------------------------------------------------
 # reading a fitted prior back

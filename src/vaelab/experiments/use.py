@@ -36,7 +36,7 @@ from vaelab.data.loader import Batch
 from vaelab.data.scaling import to_model_input, to_pixels
 from vaelab.errors import VaelabError
 from vaelab.model.posterior import DiagonalGaussian
-from vaelab.runs import LoadedRun, load_run
+from vaelab.runs.loaded import LoadedRun, load_run
 
 CHUNK = 64  # images per forward pass: bounded memory for any number of inputs
 
