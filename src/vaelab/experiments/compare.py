@@ -32,6 +32,7 @@ from typing import Any, Optional, Sequence
 
 import yaml
 
+from vaelab.config.keys import changes_loss_unit
 from vaelab.errors import VaelabError
 from vaelab.experiments import stats
 from vaelab.experiments.compare_tables import print_report
@@ -354,7 +355,7 @@ def compare_records(records: Sequence[RunRecord], thresholds: Sequence[str] = ()
     elif tests and all(t["verdict"] == "not assessable" for t in tests) and all(g["n"] < 2 for g in groups):
         notes.append("one run per group (n=1): differences are shown but their significance cannot be "
                      "assessed; run each config with 3 or more seeds (train.seed)")
-    unit_keys = [k for k in differing if k in ("loss.reconstruction", "loss.sigma", "data.size", "data.scale")]
+    unit_keys = [k for k in differing if changes_loss_unit(k)]
     if unit_keys:
         notes.append(f"the runs differ in {', '.join(unit_keys)}, so their losses are not in the same unit; "
                      "compare val_psnr (or val_mse) across them")

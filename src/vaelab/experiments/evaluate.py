@@ -57,6 +57,9 @@ import torch
 from torch import Tensor
 
 from vaelab.config import Config, DataConfig, load_config
+from vaelab.config.keys import (
+    MODEL_INPUT_KEYS,  # the model's input contract: evaluation data is fitted and scaled as the run was trained
+)
 from vaelab.data.collection import load_collection
 from vaelab.data.loader import FittedImages, ImageLoader
 from vaelab.data.scaling import box_masks, to_model_input, to_pixels
@@ -70,8 +73,6 @@ EVALUATION_FILE = "evaluation.json"
 NO_DENSITY = "not defined: a quantized latent (model.kind vq) has no density, so no KL and no ELBO"
 PSNR_CAP = 100.0  # dB for mse == 0, as the trainer's val_psnr
 SPLITS = ("val", "train", "all")
-# The model's input contract: evaluation data is always fitted and scaled as the run was trained.
-MODEL_INPUT_KEYS = ("size", "fit", "bbox_crop", "pad_value", "scale")
 
 UNITS = {
     "mse_sum": "squared error in the model's pixel scale, averaged over channels, summed over real pixels",

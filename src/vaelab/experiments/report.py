@@ -38,6 +38,7 @@ import yaml
 from PIL import Image
 
 import vaelab
+from vaelab.config.keys import identifying
 from vaelab.errors import VaelabError
 from vaelab.experiments import compare, compare_tables, labels
 from vaelab.experiments.stats import format_number
@@ -270,7 +271,7 @@ def config_section(runs: Sequence[Run], baseline: Run) -> str:
                 if k not in base or k not in flat or labels.canonical(base[k]) != labels.canonical(flat[k])]
         shown = lambda cfg, k: labels.format_value(cfg[k]) if k in cfg else "unset"  # noqa: E731
         rows = "".join(
-            f'<tr{" class=bookkeeping" if k in labels.IGNORED_KEYS or k.startswith(labels.IGNORED_PREFIXES) else ""}>'
+            f'<tr{"" if identifying(k) else " class=bookkeeping"}>'
             f"<td>{esc(k)}</td>"
             f"<td>{esc(shown(base, k))}</td><td>{esc(shown(flat, k))}</td></tr>" for k in keys)
         table = (f"<table><tr><th>key</th><th>baseline</th><th>this run</th></tr>{rows}</table>" if keys
