@@ -160,7 +160,7 @@ def test_other_settings_need_fresh_and_fresh_keeps_the_old_prior(runs, tmp_path)
     network = sampling.load_prior(run).network
     as_red, as_blue = (sampling.tag_condition(tags, [name], 3) for name in ("red", "blue"))
     assert not torch.allclose(network(red.latents, as_red), network(red.latents, as_blue))
-    with pytest.raises(VaelabError, match=r"--tag 'rde': not a tag the prior was trained with; did you mean red\?"):
+    with pytest.raises(VaelabError, match=r"--tag 'rde': not a tag the prior was trained with; did you mean 'red'\?"):
         sampling.draw_latents(run, 2, tags=["rde"])
 
 

@@ -6,7 +6,6 @@ the resolved config (absolute paths) is what a run saves next to its results.
 
 from __future__ import annotations
 
-import difflib
 import os
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -15,7 +14,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from vaelab.config.sections import MODEL_KINDS, Config, model_kind
-from vaelab.errors import VaelabError
+from vaelab.errors import VaelabError, did_you_mean
 
 
 def load_config(path: Optional[Path] = None, overrides: tuple[str, ...] | list[str] = ()) -> Config:
@@ -118,9 +117,8 @@ def check_keys(raw: Any, model: type[BaseModel], origin: str, prefix: str = "") 
     for key, value in raw.items():
         dotted = f"{prefix}{key}"
         if key not in known:
-            close = difflib.get_close_matches(str(key), list(known), n=1, cutoff=0.5)
-            hint = f"; did you mean '{prefix}{close[0]}'?" if close else f"; known keys: {', '.join(known)}"
-            raise VaelabError(f"{origin}: unknown key '{dotted}'{hint}")
+            hint = did_you_mean(key, known, prefix) or f"known keys: {', '.join(known)}"
+            raise VaelabError(f"{origin}: unknown key '{dotted}'; {hint}")
         child = _section_type(known[key].annotation, value, origin, dotted)
         if child is not None:
             if isinstance(value, list):
@@ -137,9 +135,9 @@ def _section_type(annotation: Any, value: Any = None, origin: str = "", dotted: 
         kind = model_kind(value)
         by_kind = {c.model_fields["kind"].annotation.__args__[0]: c for c in candidates}
         if kind not in by_kind:
-            close = difflib.get_close_matches(str(kind), list(by_kind), n=1, cutoff=0.5)
-            hint = f"did you mean '{close[0]}'? " if close else ""
-            raise VaelabError(f"{origin}: {dotted}.kind: unknown family {kind!r}; {hint}use one of {', '.join(by_kind)}")
+            hint = did_you_mean(kind, by_kind)
+            raise VaelabError(f"{origin}: {dotted}.kind: unknown family {kind!r}; {hint + ' ' if hint else ''}"
+                              f"use one of {', '.join(by_kind)}")
         return by_kind[kind]
     return candidates[0] if candidates else None
 

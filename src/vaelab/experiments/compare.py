@@ -22,7 +22,6 @@ partial and skipped batches.
 
 from __future__ import annotations
 
-import difflib
 import json
 import math
 import re
@@ -33,7 +32,7 @@ from typing import Any, Optional, Sequence
 import yaml
 
 from vaelab.config.keys import changes_loss_unit
-from vaelab.errors import VaelabError
+from vaelab.errors import VaelabError, did_you_mean
 from vaelab.experiments import stats
 from vaelab.experiments.compare_tables import print_report
 from vaelab.experiments.labels import BASELINE, label_runs
@@ -239,8 +238,7 @@ def parse_threshold(text: str) -> Threshold:
 def check_keys(keys: Sequence[str], known: set[str], flag: str) -> None:
     for key in keys:
         if key not in known:
-            close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.5)
-            hint = f"did you mean '{close[0]}'?" if close else f"known: {', '.join(sorted(known))}"
+            hint = did_you_mean(key, sorted(known)) or f"known: {', '.join(sorted(known))}"
             raise VaelabError(f"{flag} {key!r}: not a key of any run's metrics.jsonl; {hint}")
 
 
