@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_runs import make_images, metrics, write_config
+from tiny_runs import make_images, metrics, write_config
 
 from vaelab.config import load_config
 from vaelab.errors import VaelabError

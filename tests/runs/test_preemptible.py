@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_runs import make_images, metrics, only_run, write_config
+from tiny_runs import make_images, metrics, only_run, write_config
 
 from vaelab.files import read_json
 

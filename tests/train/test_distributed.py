@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_runs import UNTIMED, make_images, metrics, only_run, weights
+from tiny_runs import UNTIMED, make_images, metrics, only_run, weights
 
 from vaelab.config import load_config
 from vaelab.errors import VaelabError
