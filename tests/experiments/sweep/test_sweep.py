@@ -16,8 +16,9 @@ import pytest
 
 from vaelab.errors import VaelabError
 from vaelab.experiments.sweep import local as sweep
-from vaelab.experiments.sweep.journal import match_key, pair_state, scan_runs
-from vaelab.experiments.sweep.local import load_plan, sweep_command
+from vaelab.experiments.sweep.local import sweep_command
+from vaelab.experiments.sweep.plan import load_plan
+from vaelab.experiments.sweep.records import match_key, pair_state, scan_runs
 from vaelab.runs.session import train_run
 
 VERDICTS = ("better", "worse", "no significant difference", "not assessable")

@@ -34,8 +34,9 @@ from test_sweep import write_base
 from vaelab.cli import main
 from vaelab.errors import VaelabError
 from vaelab.experiments.sweep import storage as sweep_storage
-from vaelab.experiments.sweep.local import load_plan
-from vaelab.experiments.sweep.storage import Storage, storage_command
+from vaelab.experiments.sweep.database import Storage
+from vaelab.experiments.sweep.plan import load_plan
+from vaelab.experiments.sweep.storage import storage_command
 from vaelab.files import read_json
 
 

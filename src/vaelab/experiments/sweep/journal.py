@@ -1,141 +1,46 @@
-"""What a sweep has recorded: which run folder holds each (variant, seed) pair, sweep.json, and
-the journal that measures every variant against the baseline.
+"""The sweep's journal: every variant measured against the baseline, from the finished runs that
+`records` finds, written as journal.md, a self-contained journal.html (every text escaped: names,
+hypotheses and values come from user files) and a rich table on the terminal.
 
-Records. The run folders are the source of truth and sweep.json is their index: each pair is
-matched to the run folders under the sweep folder whose config is the pair's, ignoring what a
-resume may change (train.epochs, run.*, ...). So a sweep killed at any moment, even before
-sweep.json was written, is read correctly: a finished pair is skipped, an unfinished one is
-resumed in its own folder, a diverged one is final, a locked one is being trained elsewhere.
-
-Journal. `build_journal` turns the groups from `journal_groups` into a JSON-ready dict; the
-writers render it as journal.md, a self-contained journal.html (every text escaped: names,
-hypotheses and values come from user files) and a rich table on the terminal. Per variant:
-the mean (± sd over seeds) of val_loss and val_psnr at each run's final planned epoch,
-Δ = variant − baseline with a 95% CI, the p-value (Welch's t-test, `stats.compare_groups`)
-and a verdict. The verdict is read from val loss, the trained objective, except where the
-change alters the loss's unit (a different loss, image size, fit, crop or pixel scale: see
-sweep.LOSS_UNIT); there val losses are not comparable and the verdict is read from PSNR,
-which counts real pixels only, in image space. A PSNR verdict that contradicts a significant
-val-loss verdict is shown beside it.
+`journal_groups` collects each group's runs, `build_journal` turns them into a JSON-ready dict
+and the writers render it. Per variant: the mean (± sd over seeds) of val_loss and val_psnr at
+each run's final planned epoch, Δ = variant − baseline with a 95% CI, the p-value (Welch's
+t-test, `stats.compare_groups`) and a verdict. The verdict is read from val loss, the trained
+objective, except where the change alters the loss's unit (a different loss, image size, fit,
+crop or pixel scale: see plan.LOSS_UNIT); there val losses are not comparable and the verdict is
+read from PSNR, which counts real pixels only, in image space. A PSNR verdict that contradicts a
+significant val-loss verdict is shown beside it. A storage search's best trials
+(`search.search_summary`) follow the table.
 """
 
 from __future__ import annotations
 
 import html
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import Any, Optional
 
-from vaelab.config import Config, load_config
 from vaelab.errors import VaelabError
 from vaelab.experiments import stats
 from vaelab.experiments.compare import number, read_metrics
 from vaelab.experiments.labels import format_value
 from vaelab.experiments.stats import format_number
-from vaelab.files import read_json, write_json, write_text
-from vaelab.runs.folder import RESUME_MAY_CHANGE, flat, identity, is_locked
-
-if TYPE_CHECKING:
-    from vaelab.experiments.sweep.local import Pair, Plan
+from vaelab.experiments.sweep.plan import Plan
+from vaelab.experiments.sweep.records import SweepState, pair_states
+from vaelab.files import write_text
 
 # --------------------------------------------------------------------------------------------
-# records: run folders and sweep.json
+# a plan's journal, from its run folders
 # --------------------------------------------------------------------------------------------
 
 
-def match_key(config: Config) -> str:
-    """Which pair a run folder belongs to: its config without what a resume may change."""
-    values = flat(identity(config))
-    return repr(sorted((k, repr(v)) for k, v in values.items() if not k.startswith(RESUME_MAY_CHANGE)))
-
-
-@dataclass
-class Found:
-    folder: Path
-    status: str
-    epoch: int
-    created: float
-
-
-def scan_runs(folder: Path) -> dict[str, list[Found]]:
-    """Run folders under the sweep folder, by `match_key`."""
-    found: dict[str, list[Found]] = {}
-    if not folder.is_dir():
-        return found
-    for child in sorted(folder.iterdir()):
-        state = read_json(child / "run.json")
-        if not state or not (child / "config.yaml").is_file():
-            continue
-        try:
-            key = match_key(load_config(child / "config.yaml"))
-        except VaelabError:
-            continue  # a damaged or foreign folder: not one of ours
-        found.setdefault(key, []).append(
-            Found(child, str(state.get("status")), int(state.get("epoch") or 0), float(state.get("created") or 0)))
-    return found
-
-
-def pair_state(pair: Pair, candidates: list[Found], recorded: Optional[str]) -> tuple[str, Optional[Found]]:
-    """(what to do, which folder): finished, diverged, busy, resume or new."""
-    def pick(runs: list[Found]) -> Found:  # the folder sweep.json names, else the newest
-        return next((r for r in runs if r.folder.name == recorded), max(runs, key=lambda r: (r.created, r.folder.name)))
-
-    planned = pair.config.train.epochs
-    done = [r for r in candidates if r.status == "finished" and r.epoch >= planned]
-    if done:
-        return "finished", pick(done)
-    diverged = [r for r in candidates if r.status == "diverged"]
-    if diverged:
-        return "diverged", pick(diverged)
-    busy = [r for r in candidates if is_locked(r.folder)]
-    if busy:
-        return "busy", busy[0]
-    if candidates:  # killed, interrupted, failed, or finished with fewer epochs than planned now
-        return "resume", pick(candidates)
-    return "new", None
-
-
-class SweepState:
-    """sweep.json: the index of pairs to run folders, rewritten atomically on every change."""
-
-    def __init__(self, plan: Plan):
-        self.plan, self.path = plan, plan.folder / "sweep.json"
-        old = read_json(self.path) or {}
-        self.pairs: dict[str, dict] = old.get("pairs") if isinstance(old.get("pairs"), dict) else {}
-
-    def recorded(self, pair: Pair) -> Optional[str]:
-        return (self.pairs.get(pair.key) or {}).get("run")
-
-    def update(self, pair: Pair, status: str, found: Optional[Found], error: Optional[str] = None) -> None:
-        self.pairs[pair.key] = {"variant": pair.variant.name, "seed": pair.seed,
-                                "run": found.folder.name if found else self.recorded(pair), "status": status,
-                                "epoch": found.epoch if found else None, "epochs": pair.config.train.epochs,
-                                "error": error}
-        self.save()
-
-    def save(self) -> None:
-        self.plan.folder.mkdir(parents=True, exist_ok=True)
-        ordered = {p.key: self.pairs[p.key] for p in self.plan.pairs if p.key in self.pairs}
-        write_json(self.path, {"name": self.plan.name, "plan": str(self.plan.path),
-                               "baseline": str(self.plan.baseline), "updated": time.time(), "pairs": ordered})
-
-
-def pair_states(plan: Plan, state: SweepState) -> dict[str, tuple[str, Optional[Found]]]:
-    """Every pair's (action, folder) now, from one scan of the sweep folder."""
-    runs = scan_runs(plan.folder)
-    return {p.key: pair_state(p, runs.get(match_key(p.config), []), state.recorded(p)) for p in plan.pairs}
-
-
-def survey(plan: Plan, state: SweepState) -> dict[str, tuple[str, Optional[Found]]]:
-    """Every pair's state now, recorded in sweep.json."""
-    result = pair_states(plan, state)
-    for pair in plan.pairs:
-        action, found = result[pair.key]
-        status = {"new": "pending", "resume": found.status if found else "pending"}.get(action, action)
-        old_error = (state.pairs.get(pair.key) or {}).get("error") if status == "failed" else None
-        state.update(pair, status, found, old_error)
-    return result
+def publish_journal(plan: Plan, plan_path: Path, search: Optional[dict] = None) -> None:
+    """Write journal.md/.html from the plan's runs (and a storage search's trials) and print it."""
+    journal = build_journal(plan.name, plan.folder, journal_groups(plan), search=search)
+    if not any(row["runs"] for row in journal["rows"]) and not (search and search["trials"]):
+        raise VaelabError(f"{plan.folder}: no finished runs of this plan yet; run `vaelab sweep {plan_path}` first")
+    write_journal(journal, plan.folder)
+    print_journal(journal)
 
 
 def journal_groups(plan: Plan) -> list[dict]:
@@ -171,7 +76,7 @@ COLUMNS = ("variant", "change", "hypothesis", "seeds", "val loss (mean ± sd)", 
 def build_journal(name: str, folder: Path, groups: list[dict], search: Optional[dict] = None) -> dict:
     """groups[0] is the baseline. Each group: variant, hypothesis, changes [(key, old, new)],
     loss_comparable, pairs [{seed, epoch, status, run (finished folder or None), stopped_at}].
-    search: a hyperparameter search's trials (`sweep_search.search_summary`), shown after the table."""
+    search: a hyperparameter search's trials (`search.search_summary`), shown after the table."""
     notes: list[str] = []
     values = [group_values(group, notes) for group in groups]
     rows = []

@@ -1,21 +1,7 @@
-"""`vaelab sweep PLAN.yaml`: a baseline and its one-change variants, each over several seeds,
-run as ordinary run folders and measured against the baseline (the journal's checklist).
-
-The plan (format in ../shared/PRODUCT.md):
-
-    name: ccp-things-to-try      # optional title; default: the plan file's stem
-    root: runs/sweeps/ccp        # optional sweep folder, relative to the cwd; default runs/sweeps/<plan stem>
-    baseline: ccp-64.yaml        # relative to the plan file's folder, else to the cwd
-    seeds: [0, 1, 2]
-    set: {train.epochs: 8}       # overrides for every run (dotted keys; nested mappings are merged)
-    search:                      # optional ranges for --search (vaelab.experiments.sweep.search), one per line
-      train.lr: loguniform(1e-5, 1e-3)
-    variants:                    # optional when the plan has a search
-      - name: sigmoid-output     # letters, digits, '.', '_', '-'; 'baseline' is reserved
-        set: {model.output_activation: sigmoid}
-        hypothesis: a bounded output fits unit-scaled pixels better
-
-Relative paths inside the baseline config (data.images, ...) follow `load_config`: the cwd.
+"""`vaelab sweep PLAN.yaml`: the local queue. A plan's pairs (its baseline and one-change variants,
+each over several seeds: `vaelab.experiments.sweep.plan`) run in this process one after another, or
+in up to --workers worker processes at once, as ordinary run folders in the sweep folder, which
+then holds the journal measuring each variant against the baseline.
 
 The sweep folder holds one run folder per (variant, seed) pair, `<time>_<variant>-s<seed>`, and:
 
@@ -25,240 +11,32 @@ The sweep folder holds one run folder per (variant, seed) pair, `<time>_<variant
     journal.md, journal.html
 
 A restart skips finished pairs and resumes unfinished ones in their own folders; how each pair
-is matched to its run folder is told in `vaelab.experiments.sweep.journal` (the sweep's records).
+is matched to its run folder is told in `vaelab.experiments.sweep.records`, and how a pair is
+started, resumed and ended in `vaelab.experiments.sweep.executor`. A worker process is
+`python -m vaelab.experiments.sweep.local CONFIG [--resume RUN_DIR] [--threads N]` (`child_main`).
 """
 
 from __future__ import annotations
 
 import argparse
-import difflib
+import functools
 import os
-import re
 import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
-import yaml
-
-from vaelab.config import Config, check_keys, load_config, read_yaml_mapping, set_dotted
+from vaelab.config import load_config
 from vaelab.errors import VaelabError
-from vaelab.experiments.sweep.journal import (
-    Found,
-    SweepState,
-    build_journal,
-    journal_groups,
-    match_key,
-    pair_state,
-    print_journal,
-    scan_runs,
-    survey,
-    write_journal,
-)
+from vaelab.experiments.sweep.executor import ended, say, starting, train_here
+from vaelab.experiments.sweep.journal import publish_journal
+from vaelab.experiments.sweep.plan import Pair, Plan, config_path, load_plan
+from vaelab.experiments.sweep.records import Found, SweepState, survey
 from vaelab.files import write_text
-from vaelab.runs.folder import flat, lock_run
+from vaelab.runs.folder import lock_run
 from vaelab.runs.session import train_run
-
-PLAN_KEYS = ("name", "root", "baseline", "seeds", "set", "search", "variants")
-VARIANT_KEYS = ("name", "set", "hypothesis")
-BASELINE = "baseline"
-NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,80}")
-# Keys the sweep itself sets for every pair.
-RESERVED = {"train.seed": "list seeds under 'seeds:'", "run.root": "set the sweep folder with 'root:'",
-            "run.name": "runs are named <variant>-s<seed>"}
-# Keys that change how a run is executed or stored, not what it computes: a variant changing
-# only these changes nothing.
-NOT_EXPERIMENTAL = ("run.", "train.seed", "data.workers", "data.prefetch", "data.cache", "train.device", "train.amp",
-                    "train.channels_last", "train.compile")
-# Keys that change the unit of val_loss (what is summed, over which pixels, in which scale):
-# for such a variant the verdict uses PSNR, which is per real pixel in image space.
-LOSS_UNIT = ("loss.", "data.size", "data.fit", "data.bbox_crop", "data.scale", "data.pad_value")
-STOP_SWEEP = ("interrupted", "stopped")  # Ctrl-C, SIGTERM or a full disk: later pairs would fare no better
-
-
-@dataclass
-class Variant:
-    name: str
-    overrides: dict[str, Any]  # dotted key -> value, as written in the plan
-    hypothesis: str = ""
-    changes: list[tuple[str, Any, Any]] = field(default_factory=list)  # (key, baseline value, variant value)
-
-    @property
-    def loss_comparable(self) -> bool:
-        return not any(key.startswith(LOSS_UNIT) for key, _, _ in self.changes)
-
-
-@dataclass
-class Pair:
-    variant: Variant
-    seed: int
-    config: Config
-
-    @property
-    def key(self) -> str:
-        return f"{self.variant.name}-s{self.seed}"
-
-
-@dataclass
-class Plan:
-    path: Path
-    name: str
-    folder: Path  # the sweep folder, absolute
-    baseline: Path
-    seeds: list[int]
-    variants: list[Variant]  # the baseline first
-    pairs: list[Pair]
-    common: dict[str, Any] = field(default_factory=dict)  # the plan's `set:`, dotted
-    search: dict[str, Any] = field(default_factory=dict)  # dotted key -> sweep_search.Range, for --search
-
-
-# --------------------------------------------------------------------------------------------
-# the plan
-# --------------------------------------------------------------------------------------------
-
-
-def load_plan(path: Path) -> Plan:
-    """Read and fully validate a plan: every pair's config is built, so a typo fails before any run."""
-    path = Path(path)
-    raw = read_yaml_mapping(path)
-    unknown_keys(raw, PLAN_KEYS, f"{path}")
-    if "baseline" not in raw:
-        raise VaelabError(f"{path}: no 'baseline:'; name the config every variant changes, e.g. baseline: demo.yaml")
-    baseline = find_baseline(path, raw["baseline"])
-    seeds = raw.get("seeds")
-    if (not isinstance(seeds, list) or not seeds
-            or any(isinstance(s, bool) or not isinstance(s, int) for s in seeds)):
-        raise VaelabError(f"{path}: seeds: give a non-empty list of integers, e.g. seeds: [0, 1, 2]")
-    if len(set(seeds)) != len(seeds):
-        raise VaelabError(f"{path}: seeds: {seeds} repeats a seed; each seed runs once per variant")
-    common = overrides_of(raw.get("set"), f"{path}: set")
-    base_config = build_config(baseline, common, {}, f"{path}: set")
-    reference = experiment(base_config)
-
-    from vaelab.experiments.sweep.search import parse_search  # imports this module
-
-    search = parse_search(raw.get("search"), baseline, common, f"{path}: search")
-    entries = raw.get("variants")
-    if search and entries is None:
-        entries = []  # a search-only plan: its pairs are the baseline's seeds
-    elif not isinstance(entries, list) or not entries:
-        raise VaelabError(f"{path}: variants: give a list of one-change variants, each with name and set")
-    variants, seen, computed = [Variant(BASELINE, {})], {}, {}
-    for index, entry in enumerate(entries):
-        where = f"{path}: variants[{index}]"
-        if not isinstance(entry, dict):
-            raise VaelabError(f"{where}: expected a mapping with name, set and hypothesis")
-        unknown_keys(entry, VARIANT_KEYS, where)
-        name = entry.get("name")
-        if not isinstance(name, str) or not NAME.fullmatch(name):
-            raise VaelabError(f"{where}: name {name!r} must be a plain name of letters, digits, '.', '_' and '-'")
-        where = f"{path}: variant '{name}'"
-        if name == BASELINE:
-            raise VaelabError(f"{where}: 'baseline' is the name of the baseline group; rename the variant")
-        if name in seen:
-            raise VaelabError(f"{where}: the name is used twice (variants[{seen[name]}] and [{index}]); rename one")
-        seen[name] = index
-        hypothesis = entry.get("hypothesis") or ""
-        if not isinstance(hypothesis, str):
-            raise VaelabError(f"{where}: hypothesis must be one line of text")
-        if not entry.get("set"):
-            raise VaelabError(f"{where}: no 'set:'; a variant must change something, e.g. set: {{train.lr: 1e-4}}")
-        overrides = overrides_of(entry["set"], f"{where}: set")
-        config = build_config(baseline, common, overrides, f"{where}: set")
-        mine = experiment(config)
-        changes = [(k, reference.get(k), mine.get(k)) for k in dict.fromkeys([*reference, *mine])
-                   if reference.get(k) != mine.get(k)]
-        if not changes:
-            shown = ", ".join(f"{k}: {v!r}" for k, v in overrides.items())
-            raise VaelabError(f"{where}: set {{{shown}}} changes nothing relative to the baseline "
-                              f"({baseline.name}{' plus the common set' if common else ''}); change a value")
-        same = next((other for other, theirs in computed.items() if theirs == mine), None)
-        if same:
-            raise VaelabError(f"{where}: runs exactly the same config as variant '{same}'; drop one of them")
-        computed[name] = mine
-        variants.append(Variant(name, overrides, " ".join(hypothesis.split()), changes))
-
-    folder = Path(raw.get("root") or Path("runs") / "sweeps" / path.stem).expanduser().absolute()
-    pairs = [Pair(v, seed, pair_config(baseline, common, v, seed, folder)) for v in variants for seed in seeds]
-    name = str(raw.get("name") or path.stem)
-    return Plan(path.absolute(), name, folder, baseline, list(seeds), variants, pairs, common, search)
-
-
-def unknown_keys(raw: dict, known: tuple[str, ...], where: str) -> None:
-    for key in raw:
-        if key not in known:
-            close = difflib.get_close_matches(str(key), known, n=1, cutoff=0.5)
-            hint = f"did you mean '{close[0]}'?" if close else f"known keys: {', '.join(known)}"
-            raise VaelabError(f"{where}: unknown key '{key}'; {hint}")
-
-
-def find_baseline(plan: Path, value: Any) -> Path:
-    if not isinstance(value, str) or not value.strip():
-        raise VaelabError(f"{plan}: baseline: give the path of a config file, e.g. baseline: demo.yaml")
-    given = Path(value).expanduser()
-    tried = [given] if given.is_absolute() else [plan.parent / given, Path.cwd() / given]
-    for candidate in tried:
-        if candidate.is_file():
-            return candidate.absolute()
-    raise VaelabError(f"{plan}: baseline: {value} not found (looked at {' and '.join(map(str, dict.fromkeys(tried)))});"
-                      " give a path relative to the plan's folder or to the current directory")
-
-
-def overrides_of(raw: Any, where: str) -> dict[str, Any]:
-    """The `set:` mapping as dotted key -> value. A nested mapping is merged key by key, so that
-    `data.filter: {include: [standing]}` keeps the baseline's other filter settings."""
-    if raw is None:
-        return {}
-    if not isinstance(raw, dict):
-        raise VaelabError(f"{where}: expected a mapping of dotted keys, e.g. {{train.lr: 1e-4}}")
-    out: dict[str, Any] = {}
-
-    def walk(node: dict, prefix: str) -> None:
-        for key, value in node.items():
-            dotted = f"{prefix}{key}"
-            if isinstance(value, dict) and value:
-                walk(value, f"{dotted}.")
-            else:
-                out[dotted] = value
-
-    walk(raw, "")
-    for key in out:
-        if key in RESERVED:
-            raise VaelabError(f"{where}: {key} is set by the sweep; {RESERVED[key]}")
-    nested: dict[str, Any] = {}
-    for key, value in out.items():  # unknown keys named in the plan's terms, not as a --set
-        set_dotted(nested, key, value, origin=where)
-    check_keys(nested, Config, origin=where)
-    return out
-
-
-def as_override(key: str, value: Any) -> str:
-    """`key=value` for `load_config`, which parses the value back as YAML."""
-    text = yaml.safe_dump(value, default_flow_style=True, width=2**31).strip()
-    return f"{key}={text.removesuffix('...').strip()}"
-
-
-def build_config(baseline: Path, common: dict, overrides: dict, where: str, extra: tuple[str, ...] = ()) -> Config:
-    items = [as_override(k, v) for k, v in {**common, **overrides}.items()]
-    try:
-        return load_config(baseline, [*items, *extra])
-    except VaelabError as error:
-        raise VaelabError(f"{where}: {error}") from None
-
-
-def pair_config(baseline: Path, common: dict, variant: Variant, seed: int, folder: Path) -> Config:
-    extra = (as_override("train.seed", seed), as_override("run.root", str(folder)),
-             as_override("run.name", f"{variant.name}-s{seed}"))
-    return build_config(baseline, common, variant.overrides, f"variant '{variant.name}'", extra)
-
-
-def experiment(config: Config) -> dict[str, Any]:
-    """The flattened config keys that decide what a run computes."""
-    return {k: v for k, v in flat(config.to_dict()).items() if not k.startswith(NOT_EXPERIMENTAL)}
-
 
 # --------------------------------------------------------------------------------------------
 # running
@@ -280,15 +58,6 @@ def sweep_command(plan_path: Path, workers: int = 1, journal_only: bool = False)
         raise VaelabError(f"{plan.folder}: {len(problems)} pair(s) did not finish: {'; '.join(problems)}; "
                           f"fix the cause and run `vaelab sweep {plan_path}` again to continue")
     return plan.folder
-
-
-def publish_journal(plan: Plan, plan_path: Path, search: Optional[dict] = None) -> None:
-    """Write journal.md/.html from the plan's runs (and a storage search's trials) and print it."""
-    journal = build_journal(plan.name, plan.folder, journal_groups(plan), search=search)
-    if not any(row["runs"] for row in journal["rows"]) and not (search and search["trials"]):
-        raise VaelabError(f"{plan.folder}: no finished runs of this plan yet; run `vaelab sweep {plan_path}` first")
-    write_journal(journal, plan.folder)
-    print_journal(journal)
 
 
 def run_sweep(plan: Plan, workers: int = 1) -> list[str]:
@@ -320,13 +89,10 @@ def run_in_process(plan: Plan, state: SweepState, todo: list, workers: int) -> l
     """One pair after another in this process: the progress bar shows, and Ctrl-C is train_run's."""
     problems = []
     for number, (pair, found) in enumerate(todo, 1):
-        say(f"[{number}/{len(todo)}] {pair.key}: {'resuming ' + found.folder.name if found else 'starting'}")
+        say(f"[{number}/{len(todo)}] {pair.key}: {starting(found)}")
         state.update(pair, "running", found)
-        started, error = time.monotonic(), None
-        try:
-            train_run(pair.config, resume=found.folder if found else None)
-        except Exception as exc:  # noqa: BLE001 - one failed pair must not stop the others
-            error = f"{type(exc).__name__}: {exc}" if not isinstance(exc, VaelabError) else str(exc)
+        started = time.monotonic()
+        error = train_here(functools.partial(train_run, pair.config), found)
         status, problem = finish_pair(plan, state, pair, error, time.monotonic() - started)
         if status == "interrupted" and not error:
             raise KeyboardInterrupt  # train_run saved and returned on Ctrl-C: the user wants the sweep to stop
@@ -358,8 +124,7 @@ def run_in_workers(plan: Plan, state: SweepState, todo: list, workers: int) -> l
         while queue or running:
             while queue and len(running) < workers and not stop:
                 pair, found = queue.pop(0)
-                what = f"resuming {found.folder.name}" if found else "starting"
-                say(f"[{total - len(queue)}/{total}] {pair.key}: {what} in a worker "
+                say(f"[{total - len(queue)}/{total}] {pair.key}: {starting(found)} in a worker "
                     f"({threads} thread{'s' * (threads > 1)}), log: {log_path(plan, pair)}")
                 state.update(pair, "running", found)
                 running[pair.key] = (start_child(plan, pair, found, threads), pair, time.monotonic())
@@ -410,11 +175,7 @@ def stop_with_parent() -> None:
 def finish_pair(plan: Plan, state: SweepState, pair: Pair, error: Optional[str],
                 seconds: float) -> tuple[str, Optional[str]]:
     """Record how a pair ended, as its run folder says: (status, a problem line unless it finished)."""
-    runs = scan_runs(plan.folder).get(match_key(pair.config), [])
-    action, found = pair_state(pair, runs, state.recorded(pair))
-    status = found.status if action == "resume" and found else action
-    if error and status not in STOP_SWEEP:
-        status = "failed"
+    status, found = ended(plan.folder, pair, error, state.recorded(pair))
     state.update(pair, status, found, error)
     where = f" -> {found.folder.name}" if found else ""
     say(f"    {pair.key}: {status} after {seconds:.0f} s{where}" + (f" ({error})" if error else ""))
@@ -429,10 +190,6 @@ def lock_sweep(folder: Path):
         return lock_run(folder)
     except VaelabError:
         raise VaelabError(f"{folder}: another vaelab sweep is running this plan; wait for it or stop it") from None
-
-
-def config_path(plan: Plan, pair: Pair) -> Path:
-    return plan.folder / "configs" / f"{pair.key}.yaml"
 
 
 def log_path(plan: Plan, pair: Pair) -> Path:
@@ -452,10 +209,6 @@ def cpu_count() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # macOS, Windows
         return os.cpu_count() or 1
-
-
-def say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 # --------------------------------------------------------------------------------------------

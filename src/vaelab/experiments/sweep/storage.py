@@ -1,5 +1,6 @@
-"""`vaelab sweep PLAN --storage URL [--worker] [--search N]`: a sweep's job queue and results in a
-database, through Optuna's RDB storage, so that worker processes on any machines share one sweep.
+"""`vaelab sweep PLAN --storage URL [--worker] [--search N]`: the storage queue. A sweep's jobs and
+results live in a database, through Optuna's RDB storage (`vaelab.experiments.sweep.database`),
+so that worker processes on any machines share one sweep.
 
 Jobs. One Optuna study per plan, named after the plan. Each (variant, seed) pair is a trial,
 enqueued WAITING once, with user attrs naming the pair (`job`) and a fingerprint of its config
@@ -9,164 +10,46 @@ the final val loss (PRUNED for a diverged run, FAIL with the error for a failed 
 N` uses a second study, `<name>/search`: a seeded TPE sampler proposes N configs over the
 plan's `search:` ranges (baseline + `set:` + the sampled values, first seed).
 
-Claiming. Optuna pops a WAITING trial with SELECT ... FOR UPDATE: atomic on PostgreSQL, but
-SQLite ignores FOR UPDATE, so two SQLite workers could claim one trial. Every read-then-write
-on the queue (enqueueing, failing stale trials, claiming, counting search trials) therefore
-runs under one lock: a PostgreSQL advisory lock, or an flock on a file beside the SQLite file.
+Claiming. Every read-then-write on the queue (enqueueing, failing stale trials, claiming,
+counting search trials) runs under the study's queue lock (`Storage.lock`): SQLite ignores
+Optuna's SELECT ... FOR UPDATE, so two SQLite workers could otherwise claim one trial.
 
 Lost workers. A worker records Optuna's heartbeat for its trial every grace/4 s, from before
 the claim. The next worker that looks fails a trial whose heartbeat is older than the grace
 period (`optuna.storages.fail_stale_trials`) and Optuna's RetryHeartbeatStaleTrialCallback
-enqueues a copy. The run folders, as in a local sweep, say what is done: the copy's worker
-tells a finished pair COMPLETE without training, resumes an unfinished one from its last
-checkpoint in its own folder, and waits while a live process still holds the folder's lock.
-So finished jobs are never rerun and no job trains twice. Run folders go to the plan's sweep
-folder (`root:`): workers on several machines must share that folder (e.g. over NFS).
+enqueues a copy. The run folders, as in a local sweep, say what is done (the job state machine
+of `vaelab.experiments.sweep.executor`): the copy's worker tells a finished pair COMPLETE without
+training, resumes an unfinished one from its last checkpoint in its own folder, and waits while
+a live process still holds the folder's lock. So finished jobs are never rerun and no job trains
+twice. Run folders go to the plan's sweep folder (`root:`): workers on several machines must
+share that folder (e.g. over NFS).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import signal
 import threading
 import time
 import warnings
-import zlib
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
 from vaelab.config import Config
 from vaelab.errors import VaelabError
 from vaelab.experiments.compare import number, read_metrics
-from vaelab.experiments.sweep.journal import match_key, pair_state, scan_runs
-from vaelab.experiments.sweep.local import Plan, config_path, load_plan, publish_journal, say
-from vaelab.experiments.sweep.search import objective, search_summary, search_taker
+from vaelab.experiments.sweep.database import Storage, heartbeat, reason
+from vaelab.experiments.sweep.executor import look, say, starting, train_here
+from vaelab.experiments.sweep.journal import publish_journal
+from vaelab.experiments.sweep.plan import Plan, config_path, load_plan
+from vaelab.experiments.sweep.records import match_key
+from vaelab.experiments.sweep.search import objective, search_config, search_summary
 from vaelab.files import write_text
 from vaelab.runs.session import train_run
 
-MAX_RETRY = 3  # a job that takes its worker down every time (out of memory, say) is not retried for ever
 POLL_S = 1.0
-
-
-# --------------------------------------------------------------------------------------------
-# the storage
-# --------------------------------------------------------------------------------------------
-
-
-class Storage:
-    """Optuna's RDB storage with its heartbeat, and the lock that serialises changes to the queue."""
-
-    def __init__(self, url: str, grace: int):
-        import optuna
-        import sqlalchemy
-        from sqlalchemy.engine import make_url
-
-        try:
-            parsed = make_url(url)
-        except sqlalchemy.exc.ArgumentError:
-            raise VaelabError(f"--storage {url}: not a database URL; give e.g. sqlite:///runs/sweeps/NAME/optuna.db "
-                              "or postgresql://USER:PASSWORD@HOST:5432/DATABASE") from None
-        shown = parsed.render_as_string(hide_password=True)
-        self.backend, self.lock_file = parsed.get_backend_name(), None
-        kwargs: dict[str, Any] = {}
-        if self.backend == "sqlite":
-            if not parsed.database or parsed.database == ":memory:":
-                raise VaelabError(f"--storage {shown}: give an SQLite file, e.g. sqlite:///runs/sweeps/NAME/optuna.db")
-            database = Path(parsed.database).expanduser()
-            database.parent.mkdir(parents=True, exist_ok=True)
-            self.lock_file = database.with_name(database.name + ".lock")
-            kwargs = {"connect_args": {"timeout": 60}}  # writers wait for each other, not fail 'database is locked'
-        elif self.backend == "postgresql":
-            kwargs = {"connect_args": {"connect_timeout": 10}, "pool_pre_ping": True}
-            if parsed.drivername == "postgresql":  # SQLAlchemy 2.1 picks psycopg 3; the postgres extra has psycopg2
-                parsed = parsed.set(drivername="postgresql+psycopg2")
-                url = parsed.render_as_string(hide_password=False)
-        from optuna.storages import RetryHeartbeatStaleTrialCallback
-
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
-        # Optuna marks the heartbeat and fail_stale_trials experimental; the user cannot act on that.
-        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-        self.interval = max(1, grace // 4)
-        try:
-            # Optuna creates its tables on first use; workers starting at once on a new database collide.
-            with self.locked("vaelab-sweep-init", lambda: sqlalchemy.create_engine(
-                    url, poolclass=sqlalchemy.pool.NullPool, **kwargs)):
-                self.rdb = optuna.storages.RDBStorage(
-                    url, engine_kwargs=kwargs, heartbeat_interval=self.interval, grace_period=grace,
-                    heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY))
-        except (ImportError, sqlalchemy.exc.NoSuchModuleError):
-            driver = parsed.get_driver_name()
-            package = {"psycopg2": "'vaelab[postgres]'", "psycopg": "'psycopg[binary]'", "mysqldb": "mysqlclient"}
-            raise VaelabError(f"--storage {shown}: the {self.backend} driver {driver} is not installed; "
-                              f"pip install {package.get(driver, driver)}") from None
-        except sqlalchemy.exc.SQLAlchemyError as error:
-            raise VaelabError(f"--storage {shown}: cannot open the database ({reason(error)}); check the host, port, "
-                              "user, password and database name, and that the server is running") from None
-        self.shown = shown
-
-    def study(self, name: str, direction: str, sampler=None):
-        import optuna
-
-        with self.lock(name):
-            study = optuna.create_study(study_name=name, storage=self.rdb, direction=direction, sampler=sampler,
-                                        load_if_exists=True)
-        if study.direction.name.lower() != direction:
-            raise VaelabError(f"--storage {self.shown}: study '{name}' was made to {study.direction.name.lower()} "
-                              f"and this plan's search would {direction}; rename the plan (name:) to start afresh")
-        return study
-
-    def lock(self, name: str):
-        """The queue lock of one study."""
-        return self.locked(f"vaelab-sweep:{name}", lambda: self.rdb.engine)
-
-    @contextmanager
-    def locked(self, name: str, engine) -> Iterator[None]:
-        if self.lock_file is not None:
-            try:
-                import fcntl  # SQLite is for one machine, so a file lock reaches every worker
-            except ImportError:  # Windows: one worker per SQLite file there
-                yield
-                return
-            with open(self.lock_file, "a") as file:
-                fcntl.flock(file, fcntl.LOCK_EX)
-                yield  # closing the file releases the lock, also when the process dies
-        elif self.backend == "postgresql":
-            from sqlalchemy import text
-
-            key = zlib.crc32(name.encode()) - 2**31  # advisory locks are keyed by a bigint
-            with engine().connect() as connection:  # the server drops the lock if this process dies
-                connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": key})
-                try:
-                    yield
-                finally:
-                    connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
-                    connection.commit()
-        else:
-            yield  # another database: Optuna's row lock (SELECT ... FOR UPDATE) alone guards a claim
-
-
-@contextmanager
-def heartbeat(storage: Storage, trial_id: int) -> Iterator[None]:
-    """Optuna's heartbeat for a trial, from a thread, while this process holds the job."""
-    stop = threading.Event()
-
-    def beat() -> None:
-        while not stop.wait(storage.interval):
-            try:
-                storage.rdb.record_heartbeat(trial_id)
-            except Exception:  # noqa: BLE001 - a database hiccup shorter than the grace period is harmless
-                pass
-
-    thread = threading.Thread(target=beat, name="vaelab-heartbeat", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join()
-
 
 # --------------------------------------------------------------------------------------------
 # jobs
@@ -245,24 +128,19 @@ def pending(study, accept) -> int:
 
 def run_job(plan: Plan, job: Job, storage: Storage, metric: str) -> tuple[str, Optional[float], dict]:
     """Train the job's run (or find it done) while heartbeating: (trial state, value, user attrs)."""
-    def look():
-        return pair_state(job, scan_runs(plan.folder).get(match_key(job.config), []), None)
-
     with heartbeat(storage, job.trial_id):
-        action, found = look()
+        action, found = look(plan.folder, job)
         if action == "busy":  # e.g. the worker whose trial was found stale is alive after all
             say(f"{job.key}: {found.folder.name} is being trained by another process; waiting for it")
         while action == "busy":
             time.sleep(max(POLL_S, storage.interval))
-            action, found = look()
+            action, found = look(plan.folder, job)
         if action in ("new", "resume"):
-            say(f"{job.key} (trial {job.number}): {'resuming ' + found.folder.name if found else 'starting'}")
-            try:
-                train_run(job.config, resume=found.folder if found else None, progress=False)
-            except Exception as exc:  # noqa: BLE001 - one failed job must not stop the worker
-                text = str(exc) if isinstance(exc, VaelabError) else f"{type(exc).__name__}: {exc}"
-                return "FAIL", None, {"error": text[:500]}
-            action, found = look()
+            say(f"{job.key} (trial {job.number}): {starting(found)}")
+            error = train_here(functools.partial(train_run, job.config, progress=False), found)
+            if error:  # a failed trial, whatever its run folder says
+                return "FAIL", None, {"error": error[:500]}
+            action, found = look(plan.folder, job)
     attrs = {"run": found.folder.name} if found else {}
     if action == "diverged":
         return "PRUNED", None, {**attrs, "outcome": "diverged"}
@@ -345,6 +223,58 @@ def job_of(plan: Plan, study):
 
 
 # --------------------------------------------------------------------------------------------
+# what a worker takes next: a waiting pair, or a search trial
+# --------------------------------------------------------------------------------------------
+
+
+def pair_taker(storage: Storage, study, accept):
+    def take() -> Optional[Job]:
+        claimed = claim_waiting(storage, study, accept)
+        if claimed is None:
+            return None
+        trial, job = claimed
+        return Job(job.key, job.config, trial.number, trial._trial_id)
+
+    return take
+
+
+def search_taker(plan: Plan, storage: Storage, study, count: int, accept):
+    """Given-back and retried trials first (same params), then new TPE trials until the search has
+    `count` jobs (a job keeps its key, search-<first trial>, through retries)."""
+    from optuna import Trial
+    from optuna.samplers import TPESampler
+
+    def take() -> Optional[Job]:
+        claimed = claim_waiting(storage, study, accept)
+        if claimed is not None:
+            frozen, key = claimed
+            trial = Trial(study, frozen._trial_id)
+        else:
+            trials = study.get_trials(deepcopy=False)
+            if len({accept(t) for t in trials} - {None}) >= count:
+                return None
+            # Seeded by the trial count, not once per process: workers started alike draw different configs.
+            study.sampler = TPESampler(seed=plan.seeds[0] * 1_000_003 + len(trials))
+            with warnings.catch_warnings():  # "Heartbeat ... used with Study.optimize": we beat ourselves
+                warnings.filterwarnings("ignore", message="Heartbeat of storage")
+                trial = study.ask()
+            storage.rdb.record_heartbeat(trial._trial_id)
+            key = f"search-{trial.number}"
+            trial.set_user_attr("job", key)
+        params = {k: r.suggest(trial, k) for k, r in plan.search.items()}
+        try:
+            config = search_config(plan, key, params)
+        except VaelabError as error:  # a sampled combination the config refuses: a failed trial, not a stop
+            trial.set_user_attr("error", str(error)[:500])
+            study.tell(trial, state=states().FAIL)
+            say(f"{key} (trial {trial.number}): failed, {error}")
+            return take()
+        return Job(key, config, trial.number, trial._trial_id)
+
+    return take
+
+
+# --------------------------------------------------------------------------------------------
 # the command
 # --------------------------------------------------------------------------------------------
 
@@ -400,19 +330,3 @@ def run_jobs(plan: Plan, storage: Storage, search: Optional[int], journal_only: 
             accept = job_of(plan, study)
             problems = work(plan, storage, study, metric, search_taker(plan, storage, study, search, accept), accept)
     return problems
-
-
-def reason(error: Exception) -> str:
-    """The driver's own words, on one line."""
-    return " ".join(str(getattr(error, "orig", None) or error).split())[:200]
-
-
-def pair_taker(storage: Storage, study, accept):
-    def take() -> Optional[Job]:
-        claimed = claim_waiting(storage, study, accept)
-        if claimed is None:
-            return None
-        trial, job = claimed
-        return Job(job.key, job.config, trial.number, trial._trial_id)
-
-    return take
