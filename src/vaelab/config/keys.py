@@ -22,16 +22,17 @@ from vaelab.config.roles import BOOKKEEPING, EXECUTION, IDENTITY, LENGTH, LOSS_U
 from vaelab.config.sections import Config
 
 
-def flatten(values: dict, prefix: str = "") -> dict[str, Any]:
-    """Nested sections to dotted keys; lists of mappings (model.conv) by index: model.conv.0.kernel."""
+def flatten(values: dict, prefix: str = "", items: bool = True) -> dict[str, Any]:
+    """Nested sections to dotted keys; lists of mappings (model.conv) by index, model.conv.0.kernel,
+    or with `items=False` whole, model.conv (a plan's change is the list as written)."""
     out: dict[str, Any] = {}
     for key, value in values.items():
         dotted = f"{prefix}{key}"
         if isinstance(value, dict):
-            out.update(flatten(value, f"{dotted}."))
-        elif isinstance(value, list) and value and all(isinstance(item, dict) for item in value):
+            out.update(flatten(value, f"{dotted}.", items))
+        elif items and isinstance(value, list) and value and all(isinstance(item, dict) for item in value):
             for index, item in enumerate(value):
-                out.update(flatten(item, f"{dotted}.{index}."))
+                out.update(flatten(item, f"{dotted}.{index}.", items))
         else:
             out[dotted] = value
     return out

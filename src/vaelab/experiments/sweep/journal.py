@@ -7,7 +7,7 @@ and the writers render it. Per variant: the mean (± sd over seeds) of val_loss 
 each run's final planned epoch, Δ = variant − baseline with a 95% CI, the p-value (Welch's
 t-test, `stats.compare_groups`) and a verdict. The verdict is read from val loss, the trained
 objective, except where the change alters the loss's unit (a different loss, image size, fit,
-crop or pixel scale: see plan.LOSS_UNIT); there val losses are not comparable and the verdict is
+crop or pixel scale: see vaelab.config.keys); there val losses are not comparable and the verdict is
 read from PSNR, which counts real pixels only, in image space. A PSNR verdict that contradicts a
 significant val-loss verdict is shown beside it. A storage search's best trials
 (`search.search_summary`) follow the table.

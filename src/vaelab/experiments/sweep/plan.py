@@ -22,7 +22,6 @@ LOSS_UNIT), how each pair's config is built, and where its resolved config is wr
 
 from __future__ import annotations
 
-import difflib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,8 +30,8 @@ from typing import Any, Optional
 import yaml
 
 from vaelab.config import Config, check_keys, load_config, read_yaml_mapping, set_dotted
-from vaelab.errors import VaelabError
-from vaelab.runs.folder import flat
+from vaelab.config.keys import changes_loss_unit, flatten, not_an_experiment
+from vaelab.errors import VaelabError, did_you_mean
 
 PLAN_KEYS = ("name", "root", "baseline", "seeds", "set", "search", "variants")
 VARIANT_KEYS = ("name", "set", "hypothesis")
@@ -41,13 +40,10 @@ NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,80}")
 # Keys the sweep itself sets for every pair.
 RESERVED = {"train.seed": "list seeds under 'seeds:'", "run.root": "set the sweep folder with 'root:'",
             "run.name": "runs are named <variant>-s<seed>"}
-# Keys that change how a run is executed or stored, not what it computes: a variant changing
-# only these changes nothing.
-NOT_EXPERIMENTAL = ("run.", "train.seed", "data.workers", "data.prefetch", "data.cache", "train.device", "train.amp",
-                    "train.channels_last", "train.compile")
-# Keys that change the unit of val_loss (what is summed, over which pixels, in which scale):
-# for such a variant the verdict uses PSNR, which is per real pixel in image space.
-LOSS_UNIT = ("loss.", "data.size", "data.fit", "data.bbox_crop", "data.scale", "data.pad_value")
+# Which keys change how a run is executed or stored rather than what it computes (a variant
+# changing only these changes nothing), and which change the unit of val_loss (for such a variant
+# the verdict uses PSNR, per real pixel in image space): declared on the config fields,
+# `vaelab.config.keys` (not_an_experiment, changes_loss_unit).
 
 
 @dataclass
@@ -59,7 +55,7 @@ class Variant:
 
     @property
     def loss_comparable(self) -> bool:
-        return not any(key.startswith(LOSS_UNIT) for key, _, _ in self.changes)
+        return not any(changes_loss_unit(key) for key, _, _ in self.changes)
 
 
 @dataclass
@@ -158,8 +154,7 @@ def load_plan(path: Path) -> Plan:
 def unknown_keys(raw: dict, known: tuple[str, ...], where: str) -> None:
     for key in raw:
         if key not in known:
-            close = difflib.get_close_matches(str(key), known, n=1, cutoff=0.5)
-            hint = f"did you mean '{close[0]}'?" if close else f"known keys: {', '.join(known)}"
+            hint = did_you_mean(key, known) or f"known keys: {', '.join(known)}"
             raise VaelabError(f"{where}: unknown key '{key}'; {hint}")
 
 
@@ -225,7 +220,7 @@ def pair_config(baseline: Path, common: dict, variant: Variant, seed: int, folde
 
 def experiment(config: Config) -> dict[str, Any]:
     """The flattened config keys that decide what a run computes."""
-    return {k: v for k, v in flat(config.to_dict()).items() if not k.startswith(NOT_EXPERIMENTAL)}
+    return {k: v for k, v in flatten(config.to_dict(), items=False).items() if not not_an_experiment(k)}
 
 
 def config_path(plan: Plan, pair: Pair) -> Path:
@@ -281,7 +276,7 @@ def parse_search(raw: Any, baseline: Path, common: dict, where: str) -> dict[str
         check_keys(nested, Config, origin=where)
         if key in RESERVED:
             raise VaelabError(f"{where}: {key} is set by the sweep; {RESERVED[key]}")
-        if key.startswith(NOT_EXPERIMENTAL):
+        if not_an_experiment(key):
             raise VaelabError(f"{where}: {key} changes how a run is executed, not what it computes; search another key")
         out[key] = parse_range(spec, f"{where}: {key}")
         for value in out[key].values:  # int and float bounds alike: the extremes the sampler may draw
@@ -296,9 +291,8 @@ def parse_range(spec: Any, where: str) -> Range:
         cut = " (a comma inside {...} ends the value: write one key per line)" if rest and ")" not in rest else ""
         raise VaelabError(f"{where}: {spec!r} is not a range{cut}; {USAGE}")
     if kind not in KINDS:
-        close = difflib.get_close_matches(kind, KINDS, n=1, cutoff=0.5)
-        raise VaelabError(f"{where}: unknown distribution '{kind}'" + (f"; did you mean '{close[0]}'?" if close else "")
-                          + f"; {USAGE}")
+        hint = did_you_mean(kind, KINDS)
+        raise VaelabError(f"{where}: unknown distribution '{kind}'" + (f"; {hint}" if hint else "") + f"; {USAGE}")
     example = f"e.g. {KINDS[kind]}"
     try:
         args = yaml.safe_load(f"[{rest.rstrip()[:-1]}]")

@@ -16,7 +16,8 @@ from collections import Counter
 from typing import Optional
 
 from vaelab.config import Config
-from vaelab.experiments.sweep.plan import LOSS_UNIT, Plan, as_override, build_config
+from vaelab.config.keys import changes_loss_unit
+from vaelab.experiments.sweep.plan import Plan, as_override, build_config
 
 
 def search_config(plan: Plan, key: str, params: dict) -> Config:
@@ -27,7 +28,7 @@ def search_config(plan: Plan, key: str, params: dict) -> Config:
 
 def objective(plan: Plan) -> tuple[str, str]:
     """(metric, direction): val loss, unless a searched key changes its unit; then PSNR (as the journal)."""
-    if any(key.startswith(LOSS_UNIT) for key in plan.search):
+    if any(changes_loss_unit(key) for key in plan.search):
         return "val_psnr", "maximize"
     return "val_loss", "minimize"
 
