@@ -78,5 +78,6 @@ DATA_SET_OPTION = click.option(
 )
 PRIOR_OPTION = click.option(
     "--prior", type=click.Choice(["auto", "learned", "normal"]), default="auto", show_default=True,
-    help="auto: the run's learned prior (vaelab prior) where there is one, else N(0, I); learned: require it; normal: N(0, I).",
+    help="auto: the run's learned prior (vaelab prior) where there is one, else N(0, I); learned: require it; "
+         "normal: N(0, I).",
 )
