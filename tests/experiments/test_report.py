@@ -23,7 +23,8 @@ from PIL import Image
 from vaelab.config import load_config
 from vaelab.data.grid import image_grid, save_png
 from vaelab.errors import VaelabError
-from vaelab.experiments.report import MAX_WIDTH, STRIP_EPOCHS, report_command, spread, write_report
+from vaelab.experiments.report import report_command, write_report
+from vaelab.experiments.report_sections import MAX_WIDTH, STRIP_EPOCHS, spread
 from vaelab.experiments.stats import format_number
 
 SCRIPT_TAG = "<script>alert(1)</script>"

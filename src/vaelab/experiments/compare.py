@@ -9,9 +9,10 @@ samples, `--metric c2st_<prior>` and `nn_ratio_<prior>` compare them (see `sampl
 
     load_runs -> label_runs -> per-run summary + thresholds -> groups + Welch tests -> plots
 
-Labels live in `labels.py` and the terminal tables in `compare_tables.py`. `compare_runs`
-builds the result (a JSON-ready dict) and `compare_command` also prints it and
-writes the plots; the CLI calls the latter.
+Labels live in `labels.py`, threshold crossings in `thresholds.py` and the terminal tables in
+`compare_tables.py`. `compare_runs` builds the result (a JSON-ready dict) and `compare_command`
+also prints it and writes the plots; the CLI calls the latter. `load_run` is the one reader of a
+run folder: strict for compare, lenient (`lenient=True`) for the report.
 
 images/s is only reported when metrics.jsonl has `train_images` (or `images`): the number of
 training images seen in that epoch. It is then the sum over epochs divided by the final
@@ -24,8 +25,7 @@ from __future__ import annotations
 
 import json
 import math
-import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -36,6 +36,7 @@ from vaelab.errors import VaelabError, did_you_mean
 from vaelab.experiments import stats
 from vaelab.experiments.compare_tables import print_report
 from vaelab.experiments.labels import BASELINE, label_runs
+from vaelab.experiments.thresholds import parse_threshold, threshold_results
 
 DEFAULT_METRICS = ("val_loss", "val_recon", "val_psnr")
 
@@ -48,6 +49,8 @@ class RunRecord:
     config: dict
     metrics: list[dict]  # one dict per epoch, sorted by epoch, non-finite numbers as None
     skipped_lines: int = 0  # unparsable lines (e.g. the last one of a killed run)
+    config_text: Optional[str] = None  # config.yaml as written (the report shows it verbatim)
+    problems: dict[str, str] = field(default_factory=dict)  # file -> why it could not be used (lenient reading)
 
     @property
     def name(self) -> str:
@@ -99,11 +102,18 @@ def load_runs(paths: Sequence[Path | str]) -> list[RunRecord]:
     return records
 
 
-def load_run(folder: Path) -> RunRecord:
+def load_run(folder: Path, lenient: bool = False) -> RunRecord:
+    """A run folder's config.yaml and metrics.jsonl, with what `sample_metrics` finds added to the last epoch.
+
+    Strict (compare): both files must be there and usable, else the error says
+    what to do. Lenient (the report, which shows whatever a run has): only a folder with neither is
+    an error; a file that is missing or unusable is named in `problems` with why, and the record
+    holds what could be read (config {}, metrics [] when there is none).
+    """
     if not folder.is_dir():
         raise VaelabError(f"{folder}: not a folder; pass run folders such as runs/2026-11-26_21h33m47s")
     missing = [name for name in ("config.yaml", "metrics.jsonl") if not (folder / name).is_file()]
-    if missing:
+    if len(missing) == 2 or (missing and not lenient):
         has_runs = any((child / "metrics.jsonl").is_file() for child in folder.iterdir() if child.is_dir())
         if has_runs:
             hint = f"it holds run folders: pass them instead, e.g. {folder}/*"
@@ -112,19 +122,41 @@ def load_run(folder: Path) -> RunRecord:
         else:
             hint = "pass a folder written by vaelab train"
         raise VaelabError(f"{folder}: no {' and no '.join(missing)}; {hint}")
-    try:
-        config = yaml.safe_load((folder / "config.yaml").read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
-        raise VaelabError(f"{folder / 'config.yaml'}: cannot read it ({type(error).__name__}); "
-                          "restore it from the run's source/ snapshot or leave the run out") from None
-    if not isinstance(config, dict):
-        raise VaelabError(f"{folder / 'config.yaml'}: not a config mapping; leave the run out")
-    metrics, skipped = read_metrics(folder / "metrics.jsonl")
-    if not metrics:
+    record = RunRecord(folder, {}, [])
+    read_config(record, lenient)
+    if "metrics.jsonl" not in missing:
+        record.metrics, record.skipped_lines = read_metrics(folder / "metrics.jsonl")
+    if record.skipped_lines:
+        record.problems["metrics.jsonl"] = f"{record.skipped_lines} unparsable line(s) skipped"
+    if not record.metrics and not lenient:
         raise VaelabError(f"{folder}: metrics.jsonl has no finished epoch yet; "
                           "wait for the first epoch or leave the run out")
-    metrics[-1] = {**metrics[-1], **sample_metrics(folder)}
-    return RunRecord(folder, config, metrics, skipped)
+    if record.metrics:
+        record.metrics[-1] = {**record.metrics[-1], **sample_metrics(folder)}
+    return record
+
+
+def read_config(record: RunRecord, lenient: bool) -> None:
+    """config.yaml into record.config_text and record.config. Lenient reading replaces bytes that
+    are not UTF-8, so that the report can still show the file, and notes what is wrong in
+    record.problems where strict reading raises."""
+    path = record.folder / "config.yaml"
+    why, advice = None, "leave the run out"
+    try:
+        record.config_text = path.read_text(encoding="utf-8", errors="replace" if lenient else "strict")
+        config = yaml.safe_load(record.config_text)
+        if isinstance(config, dict):
+            record.config = config
+        else:
+            why = "not a config mapping"
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+        missing = lenient and isinstance(error, FileNotFoundError)  # strict reading checked it is there
+        why = "missing" if missing else f"cannot read it ({type(error).__name__})"
+        advice = "restore it from the run's source/ snapshot or leave the run out"
+    if why is not None and not lenient:
+        raise VaelabError(f"{path}: {why}; {advice}") from None
+    if why is not None:
+        record.problems[path.name] = why
 
 
 def sample_metrics(folder: Path) -> dict:
@@ -179,7 +211,7 @@ def read_metrics(path: Path) -> tuple[list[dict], int]:
 
 
 # --------------------------------------------------------------------------------------------
-# labels: how each run's config differs from the others
+# one run's summary, and the keys --threshold and --metric name
 # --------------------------------------------------------------------------------------------
 
 
@@ -207,58 +239,11 @@ def summarize(record: RunRecord) -> dict:
     }
 
 
-@dataclass(frozen=True)
-class Threshold:
-    key: str
-    value: float
-    direction: str  # "<=" or ">="
-
-
-_THRESHOLD = re.compile(r"^\s*(?P<key>[^<>=\s]+)\s*(?P<op><=|>=|=)\s*(?P<value>\S+)\s*$")
-
-
-def parse_threshold(text: str) -> Threshold:
-    """`val_recon=1e5` -> crossing means <= for losses, >= for PSNR-like keys (see
-    `stats.higher_is_better`); `KEY<=VALUE` or `KEY>=VALUE` states the direction explicitly."""
-    match = _THRESHOLD.match(text)
-    if not match:
-        raise VaelabError(f"--threshold {text!r}: expected KEY=VALUE, e.g. --threshold val_recon=1e5")
-    try:
-        value = float(match["value"])
-    except ValueError:
-        value = math.nan
-    if not math.isfinite(value):
-        raise VaelabError(f"--threshold {text!r}: {match['value']!r} is not a finite number, e.g. 1e5 or 28.5")
-    op = match["op"]
-    if op == "=":
-        op = ">=" if stats.higher_is_better(match["key"]) else "<="
-    return Threshold(match["key"], value, op)
-
-
 def check_keys(keys: Sequence[str], known: set[str], flag: str) -> None:
     for key in keys:
         if key not in known:
             hint = did_you_mean(key, sorted(known)) or f"known: {', '.join(sorted(known))}"
             raise VaelabError(f"{flag} {key!r}: not a key of any run's metrics.jsonl; {hint}")
-
-
-def threshold_results(records: Sequence[RunRecord], threshold: Threshold) -> tuple[list[Optional[dict]], dict]:
-    """Per run {"epoch", "time_s", "ahead"} (or None: never crosses) and a summary naming the best."""
-    crossings = [stats.first_crossing(r.points(threshold.key), threshold.value, threshold.direction)
-                 for r in records]
-    best, leads = stats.ahead(crossings)
-    per_run: list[Optional[dict]] = []
-    for crossing, lead in zip(crossings, leads):
-        if crossing is None:
-            per_run.append(None)
-            continue
-        if lead is not None:
-            lead = {"of": str(records[lead["of"]].folder), "epochs": lead["epochs"], "minutes": lead["minutes"]}
-        per_run.append({**crossing, "ahead": lead})
-    summary = {"key": threshold.key, "value": threshold.value, "direction": threshold.direction,
-               "best_run": str(records[best].folder) if best is not None else None,
-               "never_crossed": [str(r.folder) for r, c in zip(records, crossings) if c is None]}
-    return per_run, summary
 
 
 # --------------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 from vaelab.config import Config
 from vaelab.config.keys import flatten
-from vaelab.config.keys import identifying as identifying_key  # noqa: F401 - report uses it
+from vaelab.config.keys import identifying as identifying_key
 from vaelab.experiments.stats import format_number
 
 if TYPE_CHECKING:
