@@ -8,7 +8,7 @@ import pytest
 import s3fs
 from PIL import Image
 from test_mirror import remote_overrides
-from test_runs import make_images, write_config
+from test_session import make_images, write_config
 
 from vaelab.cli import main
 from vaelab.config import load_config

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import FAST_FAIL
-from test_runs import (
+from test_session import (
     UNTIMED,
     drive,
     make_images,

@@ -10,7 +10,7 @@ import textwrap
 
 import pytest
 import torch
-from test_runs import make_images, metrics, write_config
+from test_session import make_images, metrics, write_config
 
 import vaelab.runs.checkpoints
 from vaelab.config import load_config

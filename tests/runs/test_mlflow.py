@@ -1,6 +1,6 @@
 """MLflow logging (`run.mlflow_uri`) against a real local SQLite-backed tracking store.
 
-The tiny 16 px runs of test_runs; the store and the artifacts live in tmp_path and are read
+The tiny 16 px runs of test_session; the store and the artifacts live in tmp_path and are read
 back with MlflowClient, so these tests check what a user would see in the MLflow UI.
 """
 
@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_runs import make_images, metrics, write_config
+from test_session import make_images, metrics, write_config
 
 from vaelab.config import load_config
 from vaelab.errors import VaelabError

@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from test_runs import make_images, metrics, write_config
+from test_session import make_images, metrics, write_config
 
 import vaelab.train.trainer
 from vaelab.config import load_config
