@@ -21,7 +21,8 @@ from vaelab.model import AnyModel, build_model
 from vaelab.remote.fetch import fetch_checkpoints
 from vaelab.runs.checkpoints import LAST, load_state
 from vaelab.runs.folder import resume_config
-from vaelab.train.trainer import inference_weights, select_device
+from vaelab.train.device import select_device
+from vaelab.train.trainer import inference_weights
 
 
 @dataclass

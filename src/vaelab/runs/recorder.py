@@ -24,6 +24,7 @@ from vaelab.runs.checkpoints import LAST_EPOCH, CheckpointFolder, LowDisk, load_
 from vaelab.runs.mlflow import Tracker, epoch_grids
 from vaelab.runs.provenance import rss_mb
 from vaelab.train import distributed
+from vaelab.train.evaluation import reconstruction_grid, sample_grid
 from vaelab.train.trainer import StopTraining, Trainer
 
 
@@ -58,8 +59,8 @@ class Recorder:
         append_json_line(self.run_dir / "metrics.jsonl", record)
         recon = samples = None
         if self.images is not None:
-            recon = trainer.reconstruction_grid(self.images)
-            samples = trainer.sample_grid(2 * len(self.images))
+            recon = reconstruction_grid(trainer, self.images)
+            samples = sample_grid(trainer, 2 * len(self.images))
             save_png(recon, self.run_dir / "reconstructions" / f"epoch-{epoch:04d}.png")
             if samples is not None:  # None: the family has no prior to sample yet
                 save_png(samples, self.run_dir / "samples" / f"epoch-{epoch:04d}.png")

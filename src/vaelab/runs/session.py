@@ -28,7 +28,6 @@ import sys
 import threading
 import time
 from contextlib import closing, contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
@@ -38,21 +37,22 @@ import torch
 from vaelab.config import Config, load_config
 from vaelab.data.collection import describe_skips, load_collection
 from vaelab.data.loader import Batch, FittedImages, ImageLoader
-from vaelab.data.scaling import box_masks, scale_pixels, to_pixels
 from vaelab.errors import VaelabError
 from vaelab.files import read_json, write_json, write_text
-from vaelab.model import AnyModel, build_model, check_model_fits, count_parameters
+from vaelab.model import build_model, check_model_fits, count_parameters
 from vaelab.model.spatial import check_diffusers_folder, load_diffusers_weights
-from vaelab.remote.fetch import download_run, fetch_checkpoints
+from vaelab.remote.fetch import download_run
 from vaelab.remote.mirror import RunMirror, check_remote, claim_name
-from vaelab.runs.checkpoints import LAST, CheckpointFolder, LowDisk, load_state
+from vaelab.runs.checkpoints import LAST, CheckpointFolder, LowDisk
 from vaelab.runs.folder import create_run_dir, find_resumable, flat, lock_run, resume_config
 from vaelab.runs.mlflow import require_mlflow
 from vaelab.runs.provenance import environment, snapshot_source
 from vaelab.runs.recorder import RankCallbacks, Recorder, RunLog, write_status
 from vaelab.train import distributed
+from vaelab.train.device import select_device
 from vaelab.train.losses import check_scaling
-from vaelab.train.trainer import Trainer, inference_weights, isolated, select_device
+from vaelab.train.rng import isolated, seed_everything
+from vaelab.train.trainer import Trainer
 
 # --------------------------------------------------------------------------------------------
 # training a run
@@ -293,14 +293,6 @@ def fill_cache(images: FittedImages, workers: int) -> None:
     every = ImageLoader(images, np.arange(len(images)), batch_size=64, shuffle=False, workers=workers)
     for _ in isolated(every.batches(0)):
         pass
-
-
-def seed_everything(seed: int) -> None:
-    import random
-
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 def fixed_batch(loader: ImageLoader, count: int) -> Optional[Batch]:
