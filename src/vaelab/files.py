@@ -3,9 +3,10 @@
 A writer gets a temporary path beside the target (same folder, so the rename cannot cross
 file systems) and the target is replaced only when the write finished; readers see the old
 file or the new one. That survives a killed process. To survive a power cut too, a `durable`
-write fsyncs the file before the rename and the folder after it; it is for the files whose loss
-would hide a run or lose its training (run.json, config.yaml, checkpoints), since an fsync
-costs a disk flush. Everything else is rebuilt or rewritten anyway, and stays fast.
+write fsyncs the file before the rename and the folder after it. It costs a disk flush, so it
+is for the files whose loss would hide a run or lose its training: run.json, config.yaml, the
+checkpoints, and a resume's rewrite of metrics.jsonl (whose appends are fsynced line by line).
+Everything else is rebuilt or rewritten anyway, and stays fast.
 """
 
 from __future__ import annotations
@@ -65,8 +66,9 @@ def atomic_folder(path: Path, temporary: Optional[Path] = None) -> Iterator[Path
 
 
 def fsync_file(path: Path) -> None:
-    """Flush a written file's contents to the disk (any descriptor of the file will do)."""
-    with open(path, "rb") as file:
+    """Flush a written file's contents to the disk. Any descriptor of the file will do, but a
+    writable one: Windows refuses to flush through a read-only one."""
+    with open(path, "r+b") as file:
         os.fsync(file.fileno())
 
 
