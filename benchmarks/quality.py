@@ -150,7 +150,7 @@ def train_reference(args, log) -> dict:
 def split_pixels(data, split: str, batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
     """All fitted uint8 images (N, H, W, 3) of a split and their content boxes, in the split's order."""
     from vaelab.experiments.evaluate import split_loader
-    from vaelab.train.trainer import isolated
+    from vaelab.train.rng import isolated
 
     loader, _ = split_loader(data, split, batch_size)
     pixels, boxes = [], []

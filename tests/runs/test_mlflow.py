@@ -1,6 +1,6 @@
 """MLflow logging (`run.mlflow_uri`) against a real local SQLite-backed tracking store.
 
-The tiny 16 px runs of test_runs; the store and the artifacts live in tmp_path and are read
+The tiny 16 px runs of test_session; the store and the artifacts live in tmp_path and are read
 back with MlflowClient, so these tests check what a user would see in the MLflow UI.
 """
 

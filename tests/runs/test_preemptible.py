@@ -1,7 +1,7 @@
 """Preemptible jobs: a killed or stopped `vaelab train --resume auto`, started again with the same
 command, continues the same run folder. Also the shipped job scripts (deploy/).
 
-Exact resume (bitwise the same weights and metrics) is test_runs.py's; here the point is the
+Exact resume (bitwise the same weights and metrics) is test_session.py's; here the point is the
 command a scheduler restarts. Each job is a real subprocess; a `sitecustomize` hook, active
 only in the first start, freezes training in step FREEZE_AT (after the mid-epoch checkpoint
 of step 9, as `run.checkpoint_steps: 3`) and touches a marker, so the kill lands at a known point without
@@ -25,7 +25,7 @@ from tiny_runs import make_images, metrics, only_run, write_config
 
 from vaelab.files import read_json
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 FREEZE_AT = 11  # epoch 2 of 3, batch 5 of 6 (steps count from 1)
 
 HOOK = textwrap.dedent("""\

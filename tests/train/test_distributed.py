@@ -1,7 +1,7 @@
 """Data-parallel training: 2 CPU processes (gloo) against 1 process with the same global batch.
 
 The 2-process runs start through `vaelab train --devices 2` (torchrun's launcher) in a
-subprocess, on the tiny 16 px images of test_runs. Tolerance: the per-epoch train and val loss
+subprocess, on the tiny 16 px images of test_session. Tolerance: the per-epoch train and val loss
 curves of 1 and 2 processes agree to 1e-5 relative (of each value, or of the curve's largest
 value where a gaussian NLL passes through 0). Both see the same global batches and the same
 noise; what differs is only the float summation order (two half-batch sums and a gradient

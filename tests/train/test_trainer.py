@@ -13,8 +13,10 @@ import vaelab.train.trainer
 from vaelab.config import load_config
 from vaelab.model import build_model
 from vaelab.runs.checkpoints import load_state
+from vaelab.train.device import amp_dtype, select_device
+from vaelab.train.evaluation import reconstruction_grid
 from vaelab.train.guard import Guard
-from vaelab.train.trainer import Trainer, amp_dtype, select_device
+from vaelab.train.trainer import Trainer
 
 
 @pytest.fixture
@@ -229,7 +231,7 @@ def test_reconstruction_grids_show_padding_as_padding(kind):
     pixels = torch.full((2, 16, 16, 3), 7, dtype=torch.uint8)  # pad colour 7 everywhere ...
     pixels[:, :, 4:12] = 200  # ... but the real pixels, 8 columns in the middle
     boxes = torch.tensor([[0, 4, 16, 8], [0, 4, 16, 8]])
-    grid = trainer.reconstruction_grid(Batch(pixels, boxes, torch.arange(2)))
+    grid = reconstruction_grid(trainer, Batch(pixels, boxes, torch.arange(2)))
     gap = 2
     recon = grid[gap * 2 + 16: gap * 2 + 32, gap: gap + 16]  # second row, first image
     assert (recon[:, :4] == 7).all() and (recon[:, 12:] == 7).all()

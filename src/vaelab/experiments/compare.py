@@ -23,7 +23,6 @@ partial and skipped batches.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +36,7 @@ from vaelab.experiments import stats
 from vaelab.experiments.compare_tables import print_report
 from vaelab.experiments.labels import BASELINE, label_runs
 from vaelab.experiments.thresholds import parse_threshold, threshold_results
+from vaelab.runs.folder import read_metrics  # the one metrics.jsonl reader; journal, storage, report import it here
 
 DEFAULT_METRICS = ("val_loss", "val_recon", "val_psnr")
 
@@ -177,37 +177,6 @@ def sample_metrics(folder: Path) -> dict:
                 out[f"c2st_decoded_{prior}"] = number(decoded.get("accuracy"))
             out[f"nn_ratio_{prior}"] = number(result.get("nn_ratio"))
     return out
-
-
-def read_metrics(path: Path) -> tuple[list[dict], int]:
-    """Epoch records sorted by epoch, and the number of lines skipped as unparsable.
-
-    A killed run can leave a half-written last line; any line that is not a JSON object with a
-    positive integer `epoch` is skipped and counted. If an epoch appears twice (a resume that
-    did not trim), the later line wins, as it is the one the run continued from.
-    """
-    by_epoch: dict[int, dict] = {}
-    skipped = 0
-    try:
-        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
-    except OSError as error:
-        raise VaelabError(f"{path}: cannot read it ({error.strerror})") from None
-    for line in lines:
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except ValueError:
-            skipped += 1
-            continue
-        epoch = record.get("epoch") if isinstance(record, dict) else None
-        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 1:
-            skipped += 1
-            continue
-        # Python's json writes NaN/Infinity; they are not values a comparison can use.
-        by_epoch[epoch] = {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
-                           for k, v in record.items()}
-    return [by_epoch[e] for e in sorted(by_epoch)], skipped
 
 
 # --------------------------------------------------------------------------------------------

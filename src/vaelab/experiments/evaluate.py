@@ -135,7 +135,7 @@ def evaluate_run(run_dir: Union[str, Path], config_path: Optional[Path] = None,
     from vaelab.files import read_json, write_json
     from vaelab.runs.checkpoints import load_state
     from vaelab.runs.loaded import load_run
-    from vaelab.train.trainer import isolated
+    from vaelab.train.rng import isolated
 
     started = time.monotonic()
     run_dir = Path(run_dir)

@@ -41,8 +41,8 @@ from vaelab.files import append_json_line, save_safetensors, write_json, write_t
 from vaelab.model.mixture import fit_mixture
 from vaelab.model.pixelcnn import GatedPixelCNN
 from vaelab.runs.checkpoints import BEST, LAST, CheckpointFolder
+from vaelab.runs.folder import read_metrics, trim_metrics
 from vaelab.runs.loaded import LoadedRun, load_run
-from vaelab.runs.session import trim_metrics
 
 PRIOR_DIR = "prior"
 LATENTS_FILE, SUMMARY_FILE = "latents.safetensors", "summary.json"
@@ -294,7 +294,7 @@ def train_pixelcnn(run: LoadedRun, config: PriorConfig, latents: Latents, folder
     if best_state is None:
         raise VaelabError(f"{folder}: prior.epochs {config.epochs} trained nothing; raise prior.epochs")
     save_safetensors(best_state["network"], folder / PIXELCNN_FILE)
-    records = [json.loads(line) for line in metrics_file.read_text(encoding="utf-8").splitlines() if line.strip()]
+    records, _ = read_metrics(metrics_file, finite=False)  # NaN stays NaN in summary.json, as the records have it
     best_record = next((r for r in records if r["epoch"] == best_epoch), records[-1])
     return {"epochs": config.epochs, "best_epoch": best_epoch, "val_bits_per_code": best_record["val_bits_per_code"],
             "train_bits_per_code": best_record["train_bits_per_code"],

@@ -15,13 +15,11 @@ like): these commands have no config to hold `run.remote_options`.
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from vaelab.errors import VaelabError
-from vaelab.files import atomic_path, read_json, write_json
+from vaelab.files import atomic_folder, atomic_path, read_json, write_json
 from vaelab.remote.mirror import HEARTBEAT, MANIFEST, local_files, open_remote, store_error
 
 FETCHED = ".fetched.json"  # {"url": the run's URL, "files": {relative path: "size:version"}}
@@ -68,17 +66,12 @@ def download_run(url: str, options: Optional[dict], name: str, root: Path) -> Pa
     if target.exists():
         raise VaelabError(f"{target}: already exists; resume it with --resume {target}, or move it away to "
                           f"fetch {url.rstrip('/')}/{name}")
-    partial = Path(root) / f".{name}.download"
-    shutil.rmtree(partial, ignore_errors=True)
-    try:
+    # A fixed name, so that a retry replaces what a killed download left.
+    with atomic_folder(target, temporary=Path(root) / f".{name}.download") as partial:
         sync_down(f"{url.rstrip('/')}/{name}", partial, lambda there: there, options)
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
-    # Now a run folder of this machine, whose files the remote already has: nothing to upload again.
-    (partial / FETCHED).unlink()
-    write_json(partial / MANIFEST, {k: list(v) for k, v in local_files(partial).items()})
-    os.replace(partial, target)
+        # Now a run folder of this machine, whose files the remote already has: nothing to upload again.
+        (partial / FETCHED).unlink()
+        write_json(partial / MANIFEST, {k: list(v) for k, v in local_files(partial).items()})
     return target
 
 

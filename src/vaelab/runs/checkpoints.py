@@ -16,7 +16,8 @@ Only last.pt is written out in full. The others are hard links to the epoch-end 
 last.pt is later replaced, the links keep the old contents.
 
 Every write goes to a temporary file in the same folder, is fsynced, and then renamed over
-the target: a kill at any moment leaves either the old file or the new one, never a torn one.
+the target (`vaelab.files.atomic_path`, durable): a kill or a power cut at any moment leaves
+either the old file or the new one, never a torn one.
 Before writing, the free space is checked; too little raises `LowDisk`, and the run stops
 cleanly with its previous checkpoints intact.
 """
@@ -32,6 +33,7 @@ from typing import Any, Optional
 import torch
 
 from vaelab.errors import VaelabError
+from vaelab.files import atomic_path
 
 LAST, LAST_EPOCH, BEST = "last.pt", "last-epoch.pt", "best.pt"
 NUMBERED = re.compile(r"^epoch-(\d+)\.pt$")
@@ -66,42 +68,15 @@ def check_free_space(folder: Path, needed: int, margin: int) -> None:
         )
 
 
-def fsync_dir(folder: Path) -> None:
-    """Make a rename durable. Not every platform can open a folder; there it is best effort."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def temporary_for(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
-
-
 def save_state(state: dict, path: Path, min_free_bytes: int = 0) -> Path:
-    """Write `state` to `path` atomically (temp file, fsync, rename)."""
+    """Write `state` to `path` atomically and durably (`vaelab.files.atomic_path`: temp file, fsync, rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     needed = state_bytes(state) + (1 << 20)
     # The old file stays until the rename, so both must fit at once.
     check_free_space(path.parent, needed, min_free_bytes)
-    temporary = temporary_for(path)
-    try:
-        with open(temporary, "wb") as file:
-            torch.save(state, file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
+    with atomic_path(path, durable=True) as temporary, open(temporary, "wb") as file:
+        torch.save(state, file)
     return path
 
 
@@ -118,17 +93,13 @@ def load_state(path: Path, map_location: str | torch.device = "cpu") -> dict:
 
 
 def link_state(source: Path, target: Path) -> None:
-    """Make `target` hold `source`'s contents, atomically: a hard link, or a copy where links fail."""
-    temporary = temporary_for(target)
-    temporary.unlink(missing_ok=True)
-    try:
-        os.link(source, temporary)
-    except OSError:
-        shutil.copyfile(source, temporary)
-        with open(temporary, "rb+") as file:
-            os.fsync(file.fileno())
-    os.replace(temporary, target)
-    fsync_dir(target.parent)
+    """Make `target` hold `source`'s contents, atomically and durably: a hard link, or a copy where links fail."""
+    with atomic_path(target, durable=True) as temporary:
+        temporary.unlink(missing_ok=True)  # a killed process's of the same pid: os.link needs the name free
+        try:
+            os.link(source, temporary)
+        except OSError:
+            shutil.copyfile(source, temporary)
 
 
 class CheckpointFolder:
@@ -145,7 +116,7 @@ class CheckpointFolder:
         return self.folder / name
 
     def remove_temporaries(self) -> None:
-        """Temp files of writes that a kill interrupted: never valid, safe to drop."""
+        """Temp files of writes that a kill interrupted (`vaelab.files.temporary_for`): never valid, safe to drop."""
         for leftover in self.folder.glob(".*.tmp-*"):
             leftover.unlink(missing_ok=True)
 

@@ -20,8 +20,9 @@ from vaelab.errors import VaelabError
 from vaelab.model import AnyModel, build_model
 from vaelab.remote.fetch import fetch_checkpoints
 from vaelab.runs.checkpoints import LAST, load_state
-from vaelab.runs.folder import resume_config
-from vaelab.train.trainer import inference_weights, select_device
+from vaelab.runs.folder import RunFolder, resume_config
+from vaelab.train.device import select_device
+from vaelab.train.trainer import inference_weights
 
 
 @dataclass
@@ -64,7 +65,7 @@ def load_run(run_dir: Union[str, Path], checkpoint: str = "best", device: str = 
     """`vae = load_run("runs/...")`: the best weights (or `checkpoint="last"`), ready to use."""
     run_dir = Path(run_dir)
     config = resume_config(run_dir, None)
-    folder = run_dir / "checkpoints"
+    folder = RunFolder(run_dir).checkpoints
     names = [f"{checkpoint}.pt", LAST] if checkpoint in ("best", "last") else [checkpoint]
     fetch_checkpoints(run_dir, names)  # a run fetched from object storage (vaelab.remote.fetch) has none yet
     path = next((folder / n for n in names if (folder / n).is_file()), None)

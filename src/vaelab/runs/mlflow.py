@@ -30,6 +30,7 @@ from typing import Any, Callable, Iterable, Optional
 
 from vaelab.errors import VaelabError
 from vaelab.files import read_json, write_json
+from vaelab.runs.folder import GRIDS, RunFolder, read_metrics
 
 NOT_INSTALLED = "run.mlflow_uri is set but mlflow is not installed; pip install 'vaelab[mlflow]'"
 RECORD = "mlflow.json"
@@ -108,7 +109,7 @@ class Tracker:
             client.log_batch(self.run_id, params=new[start: start + PARAM_BATCH])
         for key, value in changed.items():
             client.set_tag(self.run_id, key, value)
-        config = self.run_dir / "config.yaml"  # the whole config, to rerun it from MLflow
+        config = RunFolder(self.run_dir).config_file  # the whole config, to rerun it from MLflow
         if config.is_file():
             client.log_artifact(self.run_id, str(config))
         self._backfill()
@@ -117,7 +118,7 @@ class Tracker:
         """Log the epochs that metrics.jsonl has and the MLflow run lacks: those after an MLflow
         failure in an earlier attempt, or all of them when MLflow is turned on for an existing run."""
         done = {m.step for m in self.client.get_metric_history(self.run_id, "step")}
-        missing = [r for r in read_records(self.run_dir / "metrics.jsonl") if r.get("epoch") not in done]
+        missing = [r for r in read_records(self.run_dir) if r.get("epoch") not in done]
         for record in missing:
             self._epoch(record, [path for path in epoch_grids(self.run_dir, record["epoch"]) if path.is_file()])
         if missing:
@@ -158,25 +159,17 @@ class Tracker:
 
 def epoch_grids(run_dir: Path, epoch: int) -> list[Path]:
     """The image files the run layer writes for an epoch (see `vaelab.runs.session`)."""
-    paths = [run_dir / folder / f"epoch-{epoch:04d}.png" for folder in ("reconstructions", "samples")]
+    paths = [RunFolder(run_dir).grid_file(grid, epoch) for grid in GRIDS]
     return [path for path in paths if path.is_file()]  # a family without a prior writes no samples
 
 
-def read_records(path: Path) -> list[dict]:
-    """metrics.jsonl's complete records (a line torn by a kill is skipped)."""
-    records = []
+def read_records(run_dir: Path) -> list[dict]:
+    """metrics.jsonl's complete records (a line torn by a kill is skipped), NaN kept as the live
+    logging of `Tracker.epoch` sends it; none when the file is missing or unreadable."""
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError:
+        return read_metrics(RunFolder(run_dir).metrics_file, finite=False)[0]
+    except VaelabError:
         return []
-    for line in lines:
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(record, dict) and isinstance(record.get("epoch"), int):
-            records.append(record)
-    return records
 
 
 def artifacts_beside(uri: str) -> Optional[str]:

@@ -1,6 +1,6 @@
 """What a run folder records about where it came from: the code, its git state, the machine.
 
-Kept apart from `runs.py` so that the training flow there reads without these details.
+Kept apart from `vaelab.runs.session` so that the training flow there reads without these details.
 """
 
 from __future__ import annotations

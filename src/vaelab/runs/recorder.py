@@ -1,7 +1,8 @@
 """Recording a run: the callbacks that write what the trainer produces into the run folder.
 
-metrics.jsonl, the image grids, TensorBoard, MLflow (`vaelab.runs.mlflow`), log.txt, run.json, the
-checkpoint schedule (`vaelab.runs.checkpoints`) and the copy on run.remote (`vaelab.remote.mirror`).
+metrics.jsonl, the image grids, TensorBoard, MLflow (`vaelab.runs.mlflow`), log.txt, run.json (where
+each lies: `vaelab.runs.folder.RunFolder`), the checkpoint schedule (`vaelab.runs.checkpoints`) and
+the copy on run.remote (`vaelab.remote.mirror`).
 `vaelab.runs.session` builds a `Recorder` for each run.
 """
 
@@ -18,22 +19,23 @@ import numpy as np
 from vaelab.config import Config
 from vaelab.data.grid import save_png
 from vaelab.data.loader import Batch
-from vaelab.files import append_json_line, read_json, write_json
 from vaelab.remote.mirror import RunMirror
 from vaelab.runs.checkpoints import LAST_EPOCH, CheckpointFolder, LowDisk, load_state
+from vaelab.runs.folder import RunFolder
 from vaelab.runs.mlflow import Tracker, epoch_grids
 from vaelab.runs.provenance import rss_mb
 from vaelab.train import distributed
+from vaelab.train.evaluation import reconstruction_grid, sample_grid
 from vaelab.train.trainer import StopTraining, Trainer
 
 
 class Recorder:
     """Writes what the trainer produces into the run folder (implements `train.Callbacks`)."""
 
-    def __init__(self, run_dir: Path, config: Config, checkpoints: CheckpointFolder, log, images: Optional[Batch]):
-        self.run_dir, self.config, self.checkpoints, self.log, self.images = run_dir, config, checkpoints, log, images
-        self.board = Board(run_dir / "tensorboard", config.run.tensorboard, log, file_per_epoch=bool(config.run.remote))
-        self.tracker = Tracker(run_dir, config.run, log)
+    def __init__(self, run: RunFolder, config: Config, checkpoints: CheckpointFolder, log, images: Optional[Batch]):
+        self.run, self.config, self.checkpoints, self.log, self.images = run, config, checkpoints, log, images
+        self.board = Board(run.tensorboard, config.run.tensorboard, log, file_per_epoch=bool(config.run.remote))
+        self.tracker = Tracker(run.path, config.run, log)
         self.last_save = time.monotonic()
         self.mirror: Optional[RunMirror] = None  # the copy on run.remote, synced after each checkpoint
 
@@ -55,16 +57,16 @@ class Recorder:
     def epoch_end(self, trainer: Trainer, record: dict) -> None:
         epoch = record["epoch"]
         record["rss_mb"] = rss_mb()
-        append_json_line(self.run_dir / "metrics.jsonl", record)
+        self.run.append_metrics(record)
         recon = samples = None
         if self.images is not None:
-            recon = trainer.reconstruction_grid(self.images)
-            samples = trainer.sample_grid(2 * len(self.images))
-            save_png(recon, self.run_dir / "reconstructions" / f"epoch-{epoch:04d}.png")
+            recon = reconstruction_grid(trainer, self.images)
+            samples = sample_grid(trainer, 2 * len(self.images))
+            save_png(recon, self.run.grid_file("reconstructions", epoch))
             if samples is not None:  # None: the family has no prior to sample yet
-                save_png(samples, self.run_dir / "samples" / f"epoch-{epoch:04d}.png")
+                save_png(samples, self.run.grid_file("samples", epoch))
         self.board.epoch(record, recon, samples)
-        self.tracker.epoch(record, epoch_grids(self.run_dir, epoch) if recon is not None else [])
+        self.tracker.epoch(record, epoch_grids(self.run.path, epoch) if recon is not None else [])
         self.log(epoch_line(record, self.config.train.epochs))
         try:
             numbered = epoch % self.config.run.checkpoint_every == 0 or epoch == self.config.train.epochs
@@ -72,7 +74,7 @@ class Recorder:
         except LowDisk as problem:
             raise StopTraining(problem) from None
         self.last_save = time.monotonic()
-        write_status(self.run_dir, "running", trainer)
+        write_status(self.run, "running", trainer)
         self.request_sync()
 
     def request_sync(self) -> None:
@@ -188,10 +190,7 @@ class RunLog:
             file.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}\n")
 
 
-def write_status(run_dir: Path, status: str, trainer: Trainer, signal: Optional[int] = None) -> None:
-    """run.json; `signal`: the one that interrupted the run, if one did."""
-    previous = read_json(run_dir / "run.json") or {}
-    write_json(run_dir / "run.json", {
-        "status": status, "created": previous.get("created", time.time()), "updated": time.time(),
-        "epoch": trainer.epoch, "epochs": trainer.config.train.epochs, "step": trainer.step,
-        "best_epoch": trainer.best_epoch, "pid": os.getpid(), "signal": signal})
+def write_status(run: RunFolder, status: str, trainer: Trainer, signal: Optional[int] = None) -> None:
+    """run.json with the trainer's progress; `signal`: the one that interrupted the run, if one did."""
+    run.write_status(status, updated=time.time(), epoch=trainer.epoch, epochs=trainer.config.train.epochs,
+                     step=trainer.step, best_epoch=trainer.best_epoch, pid=os.getpid(), signal=signal)

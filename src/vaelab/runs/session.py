@@ -12,8 +12,12 @@
       tensorboard/     scalars and both grids, when the tensorboard package is installed
       checkpoints/     see `vaelab.runs.checkpoints`
 
-Naming a folder and finding the run to resume: `vaelab.runs.folder`. With run.remote the folder
-also has a copy on object storage (`vaelab.remote.mirror`).
+The folder's files, its run.json, lock and metrics.jsonl: `vaelab.runs.folder.RunFolder`; naming a
+folder and finding the run to resume are there too. With run.remote the folder also has a copy on
+object storage (`vaelab.remote.mirror`).
+
+Data-parallel runs (`vaelab.train.distributed`): every process goes through the same `train_run`
+and `train_in`; rank 0 alone opens, writes and prints, inside `if world.main:`.
 
 Resuming replays nothing that was recorded: metrics lines past the checkpoint are dropped and
 rewritten, so a run killed at any moment and resumed ends with the same files as one that was not.
@@ -21,7 +25,6 @@ rewritten, so a run killed at any moment and resumed ends with the same files as
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sys
@@ -35,22 +38,25 @@ import numpy as np
 import torch
 
 from vaelab.config import Config, load_config
+from vaelab.config.keys import flatten
 from vaelab.data.collection import describe_skips, load_collection
 from vaelab.data.loader import Batch, FittedImages, ImageLoader
 from vaelab.errors import VaelabError
-from vaelab.files import read_json, write_json, write_text
+from vaelab.files import write_json, write_text
 from vaelab.model import build_model, check_model_fits, count_parameters
 from vaelab.model.spatial import check_diffusers_folder, load_diffusers_weights
 from vaelab.remote.fetch import download_run
 from vaelab.remote.mirror import RunMirror, check_remote, claim_name
 from vaelab.runs.checkpoints import LAST, CheckpointFolder, LowDisk
-from vaelab.runs.folder import create_run_dir, find_resumable, flat, lock_run, resume_config
+from vaelab.runs.folder import RunFolder, create_run_dir, find_resumable, resume_config
 from vaelab.runs.mlflow import require_mlflow
 from vaelab.runs.provenance import environment, snapshot_source
 from vaelab.runs.recorder import RankCallbacks, Recorder, RunLog, write_status
 from vaelab.train import distributed
+from vaelab.train.device import select_device
 from vaelab.train.losses import check_scaling
-from vaelab.train.trainer import Trainer, isolated, select_device
+from vaelab.train.rng import isolated, seed_everything
+from vaelab.train.trainer import Trainer
 
 # --------------------------------------------------------------------------------------------
 # training a run
@@ -62,12 +68,12 @@ def train_run(config: Optional[Config] = None, resume: Union[Path, str, None] = 
     """Train `config` in a new run folder, or continue one; returns the run folder.
 
     resume: None = a new run; a run folder = continue it with its own config (`config` may
-    then be None, or differ only in RESUME_MAY_CHANGE keys, e.g. more epochs); "auto" = continue
+    then be None, or differ only in keys a resume may change (vaelab.config.keys), e.g. more epochs); "auto" = continue
     the newest unfinished run under run.root with the same config, else start a new one.
     progress: the live progress bar; None = when stderr is a terminal.
     With run.remote, "auto" also looks there and fetches the run it continues (`vaelab.remote.mirror`).
     Under torchrun every process calls this: rank 0 opens and records the run, the others train
-    in step with it and write nothing (see `vaelab.train.distributed`).
+    in step with it and write nothing (see `train_in` and `vaelab.train.distributed`).
     """
     world = distributed.init()
     try:
@@ -81,20 +87,20 @@ def train_run(config: Optional[Config] = None, resume: Union[Path, str, None] = 
             if config.run.remote and world.main:
                 check_remote(config.run.remote, config.run.remote_options)
         run_dir, config, fresh = distributed.share(lambda: open_run(config, resume))
-        if not world.main:
-            follow_in(config)
-            return run_dir
-        lock = lock_run(run_dir)
+        run = RunFolder(run_dir)
+        lock = run.lock() if world.main else None
         try:
-            write_text(run_dir / "config.yaml", config.to_yaml())  # a resume may have added epochs
-            print(f"run folder: {run_dir}", flush=True)
-            train_in(run_dir, config, fresh, progress)
+            if world.main:
+                write_text(run.config_file, config.to_yaml(), durable=True)  # a resume may have added epochs
+                print(f"run folder: {run_dir}", flush=True)
+            train_in(run, config, fresh, progress)
         finally:
             if lock:
                 lock.close()
     finally:
         distributed.teardown()
-    print(f"run folder: {run_dir}", flush=True)
+    if world.main:
+        print(f"run folder: {run_dir}", flush=True)
     return run_dir
 
 
@@ -106,7 +112,7 @@ def exit_status(run_dir: Path) -> int:
     speaks for the run."""
     if not distributed.env_world().main:
         return 0
-    state = read_json(run_dir / "run.json") or {}
+    state = RunFolder(run_dir).read_status()
     if state.get("status") == "interrupted":
         return 128 + int(state.get("signal") or signal.SIGINT)
     return {"finished": 0, "stopped": 75}.get(state.get("status"), 1)
@@ -137,7 +143,7 @@ def train_command(config_path: Optional[Path], overrides: Sequence[str] = (), re
         run_dir = Path(resume)
         if not distributed.env_world().main:  # rank 0 reads the run's config and sends it: the run
             return train_run(None, resume=run_dir, progress=progress)  # folder may be on its disk only
-        base = config_path if config_path is not None else run_dir / "config.yaml"
+        base = config_path if config_path is not None else RunFolder(run_dir).config_file
         config = load_config(base, overrides) if (config_path is not None or overrides) else None
         if config is None and not base.is_file():
             resume_config(run_dir, None)  # raises the 'not a run folder' message
@@ -157,22 +163,27 @@ def open_run(config: Optional[Config], resume: Union[Path, str, None]) -> tuple[
             return found, resume_config(found, config), False
     r = config.run
     claim = (lambda name: claim_name(r.remote, r.remote_options, name)) if r.remote else (lambda name: True)
-    run_dir = create_run_dir(r.root, r.name, claim=claim)
-    write_json(run_dir / "run.json", {"status": "created", "created": time.time()})
-    snapshot_source(run_dir / "source")
-    return run_dir, config, True
+    run = RunFolder(create_run_dir(r.root, r.name, claim=claim))
+    run.write_status("created")
+    snapshot_source(run.source)
+    return run.path, config, True
 
 
-def train_in(run_dir: Path, config: Config, fresh: bool, progress: Optional[bool]) -> str:
-    """Build data, model and trainer, restore the last state if there is one, train, record."""
-    log = RunLog(run_dir / "log.txt")
+def train_in(run: RunFolder, config: Config, fresh: bool, progress: Optional[bool]) -> str:
+    """Build data, model and trainer, restore the last state if there is one, train, record.
+
+    Every process of a data-parallel run calls this, and so runs the same collectives in the same
+    order: the loaders' barriers, DDP's first broadcast (in `Trainer`), the state to resume from,
+    each step's sums. Rank 0 alone (`world.main`) reads and writes the run folder, logs and shows
+    progress; the others train in step with it and may not even have the folder on their disk."""
     world = distributed.current()
+    log = RunLog(run.log_file) if world.main else (lambda message: None)
     seed_everything(config.train.seed)  # the same seed on every rank: see vaelab.train.distributed
     device = distributed.device_for(select_device(config.train.device))
     train_loader, val_loader = make_loaders(config, device, log)
     model = build_model(config.model, config.data.size)
     init_from = getattr(config.model, "init_from", None)
-    if init_from and not (run_dir / "checkpoints" / LAST).exists():  # a resumed run has its own weights
+    if world.main and init_from and not (run.checkpoints / LAST).exists():  # a resumed run has its own weights
         load_diffusers_weights(model, init_from)  # before DDP, which hands rank 0's weights to the others
         log(f"model: weights from {init_from}")
     trainer = Trainer(config, model, device)
@@ -180,10 +191,12 @@ def train_in(run_dir: Path, config: Config, fresh: bool, progress: Optional[bool
     log(f"model: {count_parameters(model):,} parameters; device {device}; "
         f"precision {str(trainer.amp).removeprefix('torch.') if trainer.amp else 'float32'}"
         f"{processes if world.parallel else ''}")
-    if fresh:
-        write_json(run_dir / "env.json", environment(device, model, trainer))
     r = config.run
-    checkpoints = CheckpointFolder(run_dir / "checkpoints", r.keep_checkpoints, r.min_free_gb)
+    checkpoints = None
+    if world.main:
+        if fresh:
+            write_json(run.env_file, environment(device, model, trainer))
+        checkpoints = CheckpointFolder(run.checkpoints, r.keep_checkpoints, r.min_free_gb)
 
     def prepare() -> tuple[Optional[dict], Optional[str]]:  # (state to resume, status if it cannot start)
         state = checkpoints.load(LAST)
@@ -195,66 +208,59 @@ def train_in(run_dir: Path, config: Config, fresh: bool, progress: Optional[bool
                 return None, "stopped"
         return state, None
 
-    state, status = distributed.share(prepare)  # data-parallel: the other ranks get the same state
+    state, status = distributed.share(prepare if world.main else None)  # the other ranks get rank 0's
     if state is not None:
         trainer.load_state_dict(state)
-        repair_after_kill(checkpoints, trainer, r.checkpoint_every)
-        trim_metrics(run_dir / "metrics.jsonl", trainer.epoch)
+        if world.main:
+            repair_after_kill(checkpoints, trainer, r.checkpoint_every)
+            run.trim_metrics(trainer.epoch)
         log(f"resumed at epoch {trainer.epoch + 1}, batch {trainer.batch} (step {trainer.step})")
-    recorder = Recorder(run_dir, config, checkpoints, log, fixed_batch(val_loader or train_loader, r.images))
-    recorder.tracker.open(flat(config.to_dict()))  # before the try: no mlflow on a resume leaves the run resumable
-    recorder.board.open(purge_step=None if fresh else trainer.epoch + 1)
-    write_status(run_dir, "running", trainer)
+    recorder = None  # the other ranks record nothing: `RankCallbacks` without a recorder
+    if world.main:
+        recorder = Recorder(run, config, checkpoints, log, fixed_batch(val_loader or train_loader, r.images))
+        recorder.tracker.open(flatten(config.to_dict(), items=False))  # before the try: no mlflow on a resume leaves the run resumable
+        recorder.board.open(purge_step=None if fresh else trainer.epoch + 1)
+        write_status(run, "running", trainer)
     callbacks = RankCallbacks(recorder) if world.parallel else recorder
-    with mirrored(run_dir, config, log) as recorder.mirror:
+    with mirrored(run, config, log) as mirror:
+        if recorder is not None:
+            recorder.mirror = mirror
         try:
             with stop_on_signals(trainer, log) as received:
-                status = status or trainer.fit(train_loader, val_loader, callbacks, progress)
+                status = status or trainer.fit(train_loader, val_loader, callbacks, progress if world.main else False)
                 if world.parallel and callbacks.problem is not None:
                     status = "stopped"
         except BaseException:
-            write_status(run_dir, "failed", trainer)
+            if world.main:
+                write_status(run, "failed", trainer)
             raise
         finally:
-            recorder.board.close()
-            recorder.tracker.close(status or "failed")
-        write_status(run_dir, status, trainer, signal=received.get("signal") if status == "interrupted" else None)
-        best = f"; best val loss {trainer.best_loss:.6g} at epoch {trainer.best_epoch}" if trainer.best_epoch else ""
-        log(f"{status}: {trainer.epoch}/{config.train.epochs} epochs, {trainer.step} steps{best}")
-        if status != "finished":
-            log(f"continue with: vaelab train --resume {run_dir}")
+            if recorder is not None:
+                recorder.board.close()
+                recorder.tracker.close(status or "failed")
+        if world.main:
+            write_status(run, status, trainer, signal=received.get("signal") if status == "interrupted" else None)
+            best = (f"; best val loss {trainer.best_loss:.6g} at epoch {trainer.best_epoch}"
+                    if trainer.best_epoch else "")
+            log(f"{status}: {trainer.epoch}/{config.train.epochs} epochs, {trainer.step} steps{best}")
+            if status != "finished":
+                log(f"continue with: vaelab train --resume {run.path}")
     return status
 
 
 @contextmanager
-def mirrored(run_dir: Path, config: Config, log):
-    """The run folder's copy on run.remote while training, synced a last time at the end; None without one."""
-    if not config.run.remote:
+def mirrored(run: RunFolder, config: Config, log):
+    """The run folder's copy on run.remote while training, synced a last time at the end; None
+    without one, and on the ranks other than 0 of a data-parallel run, which write nothing."""
+    if not config.run.remote or not distributed.current().main:
         yield None
         return
-    mirror = RunMirror(run_dir, config.run.remote, config.run.remote_options, log)
+    mirror = RunMirror(run.path, config.run.remote, config.run.remote_options, log)
     mirror.start()
     try:
         yield mirror
     finally:
         mirror.close()
-
-
-def follow_in(config: Config) -> str:
-    """A rank other than 0 of a data-parallel run: the same data, model and steps as rank 0
-    (in the same order of collectives as `train_in`), without any file or printed output."""
-    quiet = lambda message: None  # noqa: E731 - rank 0 logs for the run
-    seed_everything(config.train.seed)
-    device = distributed.device_for(select_device(config.train.device))
-    train_loader, _ = make_loaders(config, device, quiet)
-    trainer = Trainer(config, build_model(config.model, config.data.size), device)
-    state, status = distributed.share(None)  # rank 0's checkpoint to resume from
-    if state is not None:
-        trainer.load_state_dict(state)
-    if status:
-        return status
-    with stop_on_signals(trainer, quiet):
-        return trainer.fit(train_loader, None, RankCallbacks(None), progress=False)
 
 
 def make_loaders(config: Config, device: torch.device, log) -> tuple[ImageLoader, Optional[ImageLoader]]:
@@ -291,14 +297,6 @@ def fill_cache(images: FittedImages, workers: int) -> None:
     every = ImageLoader(images, np.arange(len(images)), batch_size=64, shuffle=False, workers=workers)
     for _ in isolated(every.batches(0)):
         pass
-
-
-def seed_everything(seed: int) -> None:
-    import random
-
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 def fixed_batch(loader: ImageLoader, count: int) -> Optional[Batch]:
@@ -362,18 +360,3 @@ def repair_after_kill(checkpoints: CheckpointFolder, trainer: Trainer, every: in
         numbered = epoch > 0 and (epoch % every == 0 or epoch == trainer.config.train.epochs)
         best = epoch > 0 and trainer.best_epoch == epoch
         checkpoints.link_epoch_end(epoch, numbered, best)
-
-
-def trim_metrics(path: Path, epochs_done: int) -> None:
-    """Keep the complete lines of the first `epochs_done` epochs: the rest is redone by the resume."""
-    if not path.is_file():
-        return
-    kept = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue  # a line torn by the kill
-        if record.get("epoch", 0) <= epochs_done:
-            kept.append(line)
-    write_text(path, "".join(f"{line}\n" for line in kept))

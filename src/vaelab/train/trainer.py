@@ -1,4 +1,4 @@
-"""The Trainer: guarded optimisation steps, evaluation, and a training state that resumes exactly.
+"""The Trainer: guarded optimisation steps, the epoch loop, and a training state that resumes exactly.
 
 The trainer does no file I/O. The run layer (`vaelab.runs.session`) hands `fit` a `Callbacks` object
 that saves checkpoints, writes metrics and images, and supplies the state to roll back to.
@@ -10,8 +10,8 @@ guard's running statistics and the epoch's partial sums. The data
 order is a pure function of (seed, epoch), so a resumed run asks the loader for the remaining
 batches of the epoch. Two things would otherwise break bit-exactness and are fenced off:
 - torch's DataLoader draws a seed from the global torch RNG each time it starts, which the
-  model's sampling noise also uses; every batch fetch runs inside `fork_rng` (`isolated`).
-- evaluation samples z too; it runs with its own fixed seed inside `fork_rng`.
+  model's sampling noise also uses; every batch fetch runs inside `fork_rng` (`vaelab.train.rng.isolated`).
+- evaluation samples z too; it runs with its own fixed seed inside `fork_rng` (`vaelab.train.evaluation`).
 
 Guard. A step whose loss or gradient norm is non-finite, or spikes far above its running
 level, is not applied: the gradients are dropped and the step is counted as skipped. After
@@ -25,40 +25,21 @@ of the global-batch loss, and the guard judges the loss and gradient norm summed
 in the step's one sync, so every rank applies, skips, rolls back and stops at the same steps.
 Validation runs on rank 0 only. All metrics below are the global batch's.
 
-Metric conventions (the per-batch ones are defined in `vaelab.train.losses`):
+Metric conventions (the per-batch ones are defined in `vaelab.train.losses`, the val_* ones in
+`vaelab.train.evaluation`):
 - train_loss/recon/kl: means over the epoch's applied steps (loss includes KL warm-up and free bits).
 - train_images: images the epoch's steps took, skipped steps included (for images/s).
-- val_loss = val_recon + beta * val_kl, with the raw KL: no warm-up, no free bits, so epochs compare.
-- val_mse: squared error per real (unpadded) pixel and channel between the image pixels and the
-  reconstruction as it is shown (mapped back to 0..255, clamped, rounded), both divided by 255;
-  val_psnr = 10 log10(1 / val_mse). Both are in image pixels, so runs with different
-  `data.scale` compare.
-- val_active_units: latent dimensions whose posterior mean varies over the validation images
-  (variance > 0.01, Burda et al.); None with fewer than 2 validation images.
-- val_kl_per_dim: the raw KL of each latent dimension (each channel of a spatial latent, summed
-  over its positions) in nats, mean per image (sums to val_kl up to rounding), rounded to 4
-  significant digits to keep metrics.jsonl small.
-- A vq model has no KL: train_kl and val_kl are None, and its records add train_commitment,
-  val_commitment (in loss and val_loss), val_codebook_usage (fraction of codes used on the
-  validation split) and val_perplexity (exp of the code entropy).
-- With train.ema, every val_* metric and both image grids come from the averaged weights.
-  Both are `vaelab evaluate`'s cheap metrics (`vaelab.train.metrics.LatentStats`), streamed over the
-  validation batches; they draw no random numbers. SSIM is left to `vaelab evaluate`: in float64
-  on the CPU it cost about as much per batch as a training step at 64 px (6-16% of a ccp-64 epoch
-  on a CPU, far more next to a GPU's steps).
-All val_* keys are None when there is no validation split.
+- A vq model has no KL: train_kl is None, and its records add train_commitment (in train_loss).
 """
 
 from __future__ import annotations
 
 import math
-import random
 import sys
 import time
-import warnings
 from contextlib import nullcontext
 from dataclasses import asdict
-from typing import Iterator, Optional, Protocol
+from typing import Optional, Protocol
 
 import numpy as np
 import torch
@@ -66,15 +47,16 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from vaelab.config import Config
-from vaelab.data.grid import image_grid
 from vaelab.data.loader import Batch, ImageLoader, epoch_order
-from vaelab.data.scaling import box_masks, to_model_input, to_pixels
+from vaelab.data.scaling import to_model_input
 from vaelab.errors import VaelabError
 from vaelab.train import distributed
+from vaelab.train.device import amp_dtype
+from vaelab.train.evaluation import validation_metrics
 from vaelab.train.guard import Guard
 from vaelab.train.losses import check_scaling, kl_weight_at, make_log_sigma, vae_loss
-from vaelab.train.metrics import LatentStats
 from vaelab.train.progress import ProgressBar
+from vaelab.train.rng import capture_rng, isolated, restore_rng
 
 STATE_FORMAT = "vaelab-train-state"
 STATE_VERSION = 1
@@ -96,76 +78,8 @@ class StopTraining(Exception):
 
 
 # --------------------------------------------------------------------------------------------
-# device, precision, RNG
+# the data order, a checkpoint's weights
 # --------------------------------------------------------------------------------------------
-
-
-def select_device(name: str) -> torch.device:
-    """`auto` picks cuda, then mps, then cpu. An explicit device that is not there is an error."""
-    mps = getattr(torch.backends, "mps", None)
-    has_mps = bool(mps and mps.is_available())
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "mps" if has_mps else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise VaelabError(f"train.device: unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
-    if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
-        raise VaelabError(f"train.device: {name} is not available here; use auto or cpu")
-    if device.type == "mps" and not has_mps:
-        raise VaelabError("train.device: mps is not available here; use auto or cpu")
-    return device
-
-
-def amp_dtype(setting: str, device: torch.device) -> Optional[torch.dtype]:
-    """The autocast dtype, or None for float32. Mixed precision is for CUDA only."""
-    if device.type != "cuda":
-        if setting in ("bf16", "fp16"):
-            warnings.warn(f"train.amp: {setting} is for CUDA GPUs; training on {device.type} in float32")
-        return None
-    if setting == "off":
-        return None
-    if setting == "fp16":
-        return torch.float16
-    if torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    if setting == "bf16":
-        raise VaelabError("train.amp: this GPU has no bf16; set train.amp: fp16 or off")
-    return None  # auto on an old GPU: float32 rather than fp16's overflow handling
-
-
-def capture_rng() -> dict:
-    """Every RNG state, in types that torch.load(weights_only=True) accepts."""
-    _, keys, pos, has_gauss, cached = np.random.get_state()
-    state = {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "cached": float(cached)},
-        "python": random.getstate(),
-    }
-    return state
-
-
-def restore_rng(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    n = state["numpy"]
-    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-
-
-def isolated(batches: Iterator[Batch]) -> Iterator[Batch]:
-    """Fetch each batch with the global torch RNG saved and restored around it (see module doc)."""
-    while True:
-        with torch.random.fork_rng(devices=[]):
-            try:
-                batch = next(batches)
-            except StopIteration:
-                return
-        yield batch
 
 
 def batch_rows(loader: ImageLoader, epoch: int) -> np.ndarray:
@@ -196,12 +110,6 @@ def inference_weights(state: dict) -> dict:
     return state["model"]
 
 
-def keep_padding(shown: torch.Tensor, batch: Batch) -> torch.Tensor:
-    """uint8 images (N, H, W, 3) with each image's padding replaced by the original's pixels there."""
-    real = box_masks(batch.boxes, *batch.pixels.shape[1:3]).permute(0, 2, 3, 1) > 0.5
-    return torch.where(real, shown, batch.pixels)
-
-
 # --------------------------------------------------------------------------------------------
 # the trainer
 # --------------------------------------------------------------------------------------------
@@ -210,11 +118,6 @@ def keep_padding(shown: torch.Tensor, batch: Batch) -> torch.Tensor:
 def empty_sums() -> dict:
     return {"loss": 0.0, "recon": 0.0, "kl": 0.0, "commitment": 0.0, "grad_norm": 0.0, "applied": 0, "skipped": 0,
             "images": 0}
-
-
-def significant(value: float, digits: int = 4) -> float:
-    """`value` rounded to `digits` significant digits (nan and inf pass through)."""
-    return float(f"{value:.{digits}g}")
 
 
 class Trainer:
@@ -357,7 +260,7 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr
 
-    # --- evaluation and images -----------------------------------------------------------
+    # --- the weights that `vaelab.train.evaluation` uses ---------------------------------
 
     @property
     def eval_model(self) -> nn.Module:
@@ -373,70 +276,6 @@ class Trainer:
     def _sync_ema_buffers(self) -> None:
         for averaged, live in zip(self.ema.module.buffers(), self.model.buffers()):
             averaged.copy_(live)
-
-    @torch.no_grad()
-    def evaluate(self, loader: ImageLoader) -> dict:
-        """Validation metrics (see the module doc), deterministic: z is sampled with a fixed seed."""
-        model = self.eval_model.eval()
-        beta, scale = self.config.loss.beta, self.config.data.scale
-        count, recon, kl, commitment, sq_err, real = 0, 0.0, 0.0, 0.0, 0.0, 0.0
-        latents = LatentStats()
-        devices = [self.device.index or 0] if self.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(self.config.train.seed)
-            for batch in isolated(loader.batches(0, stop=self.config.train.val_batches)):
-                inputs = to_model_input(batch, scale, self.device, self.channels_last)
-                with self.autocast():
-                    out = model(inputs.x)
-                parts = vae_loss(out, inputs.x, inputs.mask, self.config.loss, beta, self.log_sigma)
-                n = len(batch)
-                count += n
-                recon += parts["recon"].item() * n
-                kl += parts["kl"].item() * n
-                commitment += parts["commitment"].item() * n
-                shown = to_pixels(out.recon, scale, inputs.mean, inputs.std).float()
-                mask = box_masks(batch.boxes, *batch.pixels.shape[1:3]).permute(0, 2, 3, 1)
-                sq_err += (((shown - batch.pixels.float()) / 255.0) ** 2 * mask).sum().item()
-                real += mask.sum().item() * batch.pixels.shape[3]
-                latents.update(out.posterior)
-        self.model.train()
-        if count == 0:
-            return {}
-        mse = sq_err / max(real, 1.0)
-        stats = latents.result()
-        record = {"val_loss": (recon + beta * kl + commitment) / count, "val_recon": recon / count,
-                  "val_kl": kl / count if self.has_kl else None,
-                  "val_mse": mse, "val_psnr": 10 * math.log10(1.0 / mse) if mse > 0 else 100.0,
-                  "val_active_units": stats["active_units"],
-                  "val_kl_per_dim": None if stats["kl_per_dim"] is None else [significant(v) for v in stats["kl_per_dim"]]}
-        if not self.has_kl:
-            record.update({"val_commitment": commitment / count, "val_codebook_usage": stats["codebook_usage"],
-                           "val_perplexity": stats["perplexity"]})
-        return record
-
-    @torch.no_grad()
-    def reconstruction_grid(self, batch: Batch) -> np.ndarray:
-        """Originals (top row) above their reconstructions from the posterior mode, in image pixels.
-        Padding shows as padding (the original's pad colour), not as what the model paints where
-        the loss never looked."""
-        model = self.eval_model.eval()
-        inputs = to_model_input(batch, self.config.data.scale, self.device)
-        decoded = model.decode(model.encode(inputs.x).mode())
-        shown = keep_padding(to_pixels(decoded, self.config.data.scale, inputs.mean, inputs.std), batch)
-        self.model.train()
-        return image_grid(torch.cat([batch.pixels, shown]).numpy(), columns=len(batch))
-
-    @torch.no_grad()
-    def sample_grid(self, count: int, columns: int = 8) -> Optional[np.ndarray]:
-        """Decoded prior samples; the same noise every epoch, so the grids show training progress.
-        None for a family without a prior (vq)."""
-        if not self.model.has_prior:
-            return None
-        model = self.eval_model.eval()
-        generator = torch.Generator().manual_seed(self.config.train.seed)
-        samples = to_pixels(model.sample(count, generator=generator), self.config.data.scale)
-        self.model.train()
-        return image_grid(samples.numpy(), columns=columns)
 
     # --- the loop ------------------------------------------------------------------------
 
@@ -514,7 +353,7 @@ class Trainer:
         record.update({"val_loss": None, "val_recon": None, "val_kl": None, "val_mse": None, "val_psnr": None,
                        "val_active_units": None, "val_kl_per_dim": None})
         if val is not None:
-            record.update(self.evaluate(val))
+            record.update(validation_metrics(self, val))
         record.update({"lr": self.lr, "kl_weight": self.kl_weight(), "grad_norm": mean("grad_norm"),
                        "skipped_steps": s["skipped"], "rollbacks": self.guard.rollbacks,
                        "train_images": s["images"]})

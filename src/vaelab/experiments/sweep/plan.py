@@ -262,13 +262,7 @@ def parse_search(raw: Any, baseline: Path, common: dict, where: str) -> dict[str
     if not isinstance(raw, dict) or not raw:
         raise VaelabError(f"{where}: expected dotted keys with ranges, one per line, e.g. "
                           "'train.lr: loguniform(1e-5, 1e-3)'")
-    specs: dict[str, Any] = {}  # dotted key -> its range as written
-
-    def walk(node: dict, prefix: str) -> None:  # nested mappings as in `set:`
-        for key, value in node.items():
-            walk(value, f"{prefix}{key}.") if isinstance(value, dict) else specs.__setitem__(f"{prefix}{key}", value)
-
-    walk(raw, "")
+    specs = flatten(raw, items=False)  # dotted key -> its range as written; nested mappings as in `set:`
     out = {}
     for key, spec in specs.items():
         nested: dict[str, Any] = {}

@@ -16,16 +16,17 @@ from pathlib import Path
 from typing import Optional
 
 from vaelab.config import Config, load_config
+from vaelab.config.keys import flatten, resume_may_change
 from vaelab.errors import VaelabError
 from vaelab.experiments.sweep.plan import Pair, Plan
 from vaelab.files import read_json, write_json
-from vaelab.runs.folder import RESUME_MAY_CHANGE, flat, identity, is_locked
+from vaelab.runs.folder import identity, is_locked
 
 
 def match_key(config: Config) -> str:
     """Which pair a run folder belongs to: its config without what a resume may change."""
-    values = flat(identity(config))
-    return repr(sorted((k, repr(v)) for k, v in values.items() if not k.startswith(RESUME_MAY_CHANGE)))
+    values = flatten(identity(config), items=False)
+    return repr(sorted((k, repr(v)) for k, v in values.items() if not resume_may_change(k)))
 
 
 @dataclass
