@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install Debian's PostgreSQL server for the distributed-sweep test
-# (tests/experiments/test_sweep_storage.py), once: a machine that has it already is left alone.
+# (tests/experiments/sweep/test_sweep_storage.py), once: a machine that has it already is left alone.
 # The test starts its own throwaway server on 127.0.0.1; the package's own cluster is not used.
 set -euo pipefail
 

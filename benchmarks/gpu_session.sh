@@ -74,7 +74,7 @@ import numpy, PIL, yaml, pydantic, pydantic_core, typing_extensions
 for module in (numpy, PIL, yaml, pydantic, pydantic_core):
     print(f"{module.__name__} {getattr(module, '__version__', '?')} from {os.path.dirname(module.__file__)}")
 print("typing_extensions from", typing_extensions.__file__)
-import vaelab.train, vaelab.config, vaelab.data.loader  # what the benchmark imports
+import vaelab.train.trainer, vaelab.config, vaelab.data.loader  # what the benchmark imports
 print("vaelab from", os.path.dirname(vaelab.__file__))
 PYEOF
     } 2>&1 | tee "$OUT/env.txt"

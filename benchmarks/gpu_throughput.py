@@ -65,7 +65,7 @@ from vaelab.config import Config, load_config
 from vaelab.data.collection import load_collection
 from vaelab.data.loader import Batch, FittedImages, ImageLoader
 from vaelab.model import build_model, count_parameters
-from vaelab.train import Trainer
+from vaelab.train.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data" / "ccp-figures"

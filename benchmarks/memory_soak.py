@@ -1,6 +1,6 @@
 """Memory soak: 30 short epochs on ccp-figures at 128 px with data workers; RSS must not creep.
 
-Trains one run with `vaelab.runs.train_run` (the same code path as `vaelab train`), in a
+Trains one run with `vaelab.runs.session.train_run` (the same code path as `vaelab train`), in a
 temporary run.root, from configs/ccp-figures.yaml with:
   data.size [128, 128], data.workers 2, a small conv VAE (8/16/32 filters, dense 128, latent 64),
   train.epochs 30, train.batches_per_epoch capped (default 8 batches of 32), one checkpoint kept.
@@ -40,7 +40,7 @@ from pathlib import Path
 import torch
 
 from vaelab.config import load_config
-from vaelab.runs import train_run
+from vaelab.runs.session import train_run
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "ccp-figures.yaml"

@@ -1,6 +1,6 @@
 """What `run.remote` costs training: the same run with and without its copy on S3.
 
-Both sides train configs/ccp-64.yaml on ../shared/data/ccp-figures through `vaelab.runs.train_run`
+Both sides train configs/ccp-64.yaml on ../shared/data/ccp-figures through `vaelab.runs.session.train_run`
 (the whole job: data, steps, evaluation, image grids, TensorBoard, checkpoints) for `--epochs`
 epochs of 12 steps, with a checkpoint at each epoch end (about every 1.5 s here, where a real run
 checkpoints every 2 minutes) or, with `--checkpoint-steps N`, every N steps. The mirror syncs
@@ -43,9 +43,9 @@ from pathlib import Path
 
 import torch
 
-from vaelab import mirror
 from vaelab.config import load_config
-from vaelab.runs import train_run
+from vaelab.remote import mirror
+from vaelab.runs.session import train_run
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "ccp-64.yaml"

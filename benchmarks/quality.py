@@ -1,7 +1,7 @@
 """Reconstruction quality of each model family against PCA and bicubic at the same latent size.
 
 On ../shared/data/ccp-figures (600 real photos) at 64x64, fit pad, no bbox crop, each family is
-trained with `vaelab.runs.train_run` for `--epochs` epochs over all 538 training images, once per
+trained with `vaelab.runs.session.train_run` for `--epochs` epochs over all 538 training images, once per
 seed in `--seeds`, from its config:
 - vector:  configs/ccp-64.yaml's model and training (the small conv VAE), with the benchmark's data
            settings (bbox_crop false, every training batch each epoch);
@@ -17,7 +17,7 @@ exactly the run's), with one metric code path for models and baselines alike:
   mean over images ("pooled" is 10 log10(1 / MSE over all real pixels), as the trainer's val_psnr
   is pooled; the trainer's decodes one sampled z, so for the vector and spatial families the
   logged val_psnr, also in the JSON, is a little lower than the pooled PSNR of the mode);
-- SSIM: `vaelab.metrics.box_ssim` on each image's content box, mean over images.
+- SSIM: `vaelab.train.metrics.box_ssim` on each image's content box, mean over images.
 
 The baselines, in the same run:
 - PCA-k: fitted on the training split's fitted images (uint8 -> [0, 1], flattened, the same pad
@@ -150,7 +150,7 @@ def train_reference(args, log) -> dict:
 def split_pixels(data, split: str, batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
     """All fitted uint8 images (N, H, W, 3) of a split and their content boxes, in the split's order."""
     from vaelab.experiments.evaluate import split_loader
-    from vaelab.train import isolated
+    from vaelab.train.rng import isolated
 
     loader, _ = split_loader(data, split, batch_size)
     pixels, boxes = [], []
@@ -169,7 +169,7 @@ def scores(recon: torch.Tensor, pixels: torch.Tensor, boxes: torch.Tensor) -> di
     """uint8 reconstructions vs uint8 originals (N, H, W, 3): per-image PSNR on real pixels, SSIM on
     the content box, and the pooled PSNR; their means over images."""
     from vaelab.data.scaling import box_masks
-    from vaelab.metrics import box_ssim
+    from vaelab.train.metrics import box_ssim
 
     x, y = recon.double() / 255.0, pixels.double() / 255.0
     mask = box_masks(boxes, *pixels.shape[1:3]).permute(0, 2, 3, 1).double()
@@ -272,7 +272,8 @@ def run_family(family: str, args, extra: list[str], configs: list, val: tuple, l
     """Train `configs` (one per seed, read before any training, so that editing a config file
     while the benchmark runs changes nothing) and score each run's last checkpoint."""
     from vaelab.model import count_parameters
-    from vaelab.runs import load_run, train_run
+    from vaelab.runs.loaded import load_run
+    from vaelab.runs.session import train_run
 
     per_seed = []
     for seed, config in zip(args.seeds, configs):
@@ -320,7 +321,7 @@ def speed_worker(args) -> None:
     from vaelab.data.collection import load_collection
     from vaelab.data.loader import Batch, FittedImages, ImageLoader
     from vaelab.model import build_model, count_parameters
-    from vaelab.train import Trainer
+    from vaelab.train.trainer import Trainer
 
     torch.set_num_threads(args.threads)
     size = args.speed_size

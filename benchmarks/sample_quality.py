@@ -4,7 +4,7 @@ On ../shared/data/ccp-figures at 64x64 (fit pad, no bbox crop, the split of ever
 config: 538 train, 62 val), in one run:
 
 - the vector family (configs/ccp-64.yaml) and the vq family (configs/vq-64.yaml) are trained for
-  --epochs epochs with `vaelab.runs.train_run`, with the data settings of benchmarks/quality.py;
+  --epochs epochs with `vaelab.runs.session.train_run`, with the data settings of benchmarks/quality.py;
 - `vaelab.experiments.prior.fit_prior` fits the vector run's Gaussian mixture and trains the vq
   run's gated PixelCNN (prior config defaults, --prior-epochs);
 - `vaelab.experiments.evaluate_samples.evaluate_samples` (what `vaelab evaluate --samples`
@@ -48,7 +48,7 @@ from quality import CONFIGS, SHARED, data_overrides  # noqa: E402  (the same dat
 
 def train(family: str, args, log) -> Path:
     from vaelab.config import load_config
-    from vaelab.runs import train_run
+    from vaelab.runs.session import train_run
 
     overrides = data_overrides(args.images, args.size) + [
         f"train.epochs={args.epochs}", "train.batches_per_epoch=null", "train.seed=0", "train.device=cpu",
@@ -89,7 +89,7 @@ def main() -> int:
 
     from vaelab.experiments.evaluate_samples import evaluate_samples, judge
     from vaelab.experiments.prior import fit_prior
-    from vaelab.runs import load_run
+    from vaelab.runs.loaded import load_run
 
     runs = {family: train(family, args, log) for family in ("vector", "vq")}
     prior_sets = [] if args.prior_epochs is None else [f"prior.epochs={args.prior_epochs}"]

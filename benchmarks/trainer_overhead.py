@@ -5,7 +5,7 @@ Both sides get:
   embedded default, what `vaelab train` with no arguments builds), at 64x64 by default;
   the bare side gets a deep copy of the same initial weights;
 - the same optimizer: torch.optim.Adam with the config's lr and weight decay;
-- the same loss: `vaelab.losses.vae_loss` with the same loss config, kl weight and padding mask;
+- the same loss: `vaelab.train.losses.vae_loss` with the same loss config, kl weight and padding mask;
 - the same batches: N real batches of `--batch` images from ../shared/data/ccp-figures (letterboxed,
   `pad`), fetched ONCE before timing and held in memory; the same batch sequence for both;
 - the same torch thread count (`--threads`, set with torch.set_num_threads).
@@ -49,9 +49,9 @@ from vaelab.config import load_config
 from vaelab.data.collection import load_collection
 from vaelab.data.loader import Batch, FittedImages, ImageLoader
 from vaelab.data.scaling import to_model_input
-from vaelab.losses import vae_loss
 from vaelab.model import build_model, count_parameters
-from vaelab.train import Trainer
+from vaelab.train.losses import vae_loss
+from vaelab.train.trainer import Trainer
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "ccp-figures"
 

@@ -48,7 +48,7 @@ def write_metadata(path: Path, records: list[dict]) -> Path:
 
 
 # --------------------------------------------------------------------------------------------
-# object storage: a real S3 API (moto's server on loopback) for run.remote and vaelab.fetch
+# object storage: a real S3 API (moto's server on loopback) for run.remote and vaelab.remote.fetch
 # --------------------------------------------------------------------------------------------
 
 # Fail fast against a store that is down: botocore would otherwise retry for about 30 s.
@@ -74,7 +74,7 @@ def s3_endpoint():
 @pytest.fixture
 def bucket(s3_endpoint):
     """A fresh bucket per test: (s3 URL of its runs/ prefix, run.remote_options)."""
-    from vaelab.mirror import open_remote
+    from vaelab.remote.mirror import open_remote
 
     options = {"endpoint_url": s3_endpoint, **FAST_FAIL}
     fs, _ = open_remote("s3://x", options)

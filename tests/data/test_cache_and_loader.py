@@ -174,7 +174,6 @@ def test_a_broken_image_is_skipped_and_reported(photo_folder):
 
 
 def test_a_file_that_breaks_after_indexing_is_skipped_by_the_loader(photo_folder, tmp_path):
-    import json
 
     from vaelab.data.index import index_folder, write_records
 

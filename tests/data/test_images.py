@@ -10,9 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps, JpegImagePlugin
 
-from vaelab.data.images import (
-    FITS, Fitted, ImageError, box_mask, load_fitted, read_size, verify_image,
-)
+from vaelab.data.images import FITS, Fitted, ImageError, box_mask, load_fitted, read_size, verify_image
 from vaelab.errors import VaelabError
 
 RED, GREEN, BLUE, YELLOW = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0)

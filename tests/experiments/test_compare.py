@@ -277,3 +277,17 @@ def test_a_run_written_before_a_key_existed_compares_equal_to_its_default(tmp_pa
     (old / "config.yaml").write_text(yaml.safe_dump(config))
     labels, differing = label_runs(load_runs([new, old]))
     assert labels == ["baseline", "baseline"] and differing == []
+
+
+def test_execution_keys_do_not_split_groups_and_every_loss_unit_key_is_noted(tmp_path):
+    # Runs that differ only in how they were executed (device, precision, compile) are replicates of
+    # one experiment, as the sweep counts them; fit and beta change the loss's unit, as the sweep says.
+    rows = epoch_rows([2e5, 1e5])
+    folders = [make_run(tmp_path, "cpu", rows, ["train.seed=0"]),
+               make_run(tmp_path, "gpu", rows, ["train.seed=1", "train.device=cuda", "train.amp=bf16",
+                                                "train.compile=true", "train.channels_last=true"])]
+    result = compare_runs(folders)
+    assert [g["label"] for g in result["groups"]] == ["baseline"] and result["groups"][0]["n"] == 2
+    unit = [make_run(tmp_path, "fit", rows, ["data.fit=stretch"]), make_run(tmp_path, "beta", rows, ["loss.beta=0.5"])]
+    notes = " ".join(compare_runs([folders[0], *unit])["notes"])
+    assert "data.fit" in notes and "loss.beta" in notes and "not in the same unit" in notes

@@ -40,7 +40,7 @@ def make_images(folder: Path, count: int = 24) -> Path:
 
 
 def train_tiny(tmp: Path, images: Path, *overrides: str) -> Path:
-    from vaelab.runs import train_run
+    from vaelab.runs.session import train_run
 
     config = load_config(None, [
         f"data.images={images}", "data.size=[32, 32]", "data.workers=0", "data.val_fraction=0.3",
@@ -59,13 +59,13 @@ def trained(tmp_path_factory) -> Path:
 
 
 # --------------------------------------------------------------------------------------------
-# SSIM and latent statistics: tested in tests/test_metrics.py (they live in vaelab.metrics)
+# SSIM and latent statistics: tested in tests/test_metrics.py (they live in vaelab.train.metrics)
 # --------------------------------------------------------------------------------------------
 
 
 def test_metrics_stay_importable_from_evaluate():
     import vaelab.experiments.evaluate as evaluate
-    import vaelab.metrics as metrics
+    import vaelab.train.metrics as metrics
 
     for name in ("LatentStats", "cheap_metrics", "ssim", "box_ssim", "gaussian_window", "ACTIVE_THRESHOLD"):
         assert getattr(evaluate, name) is getattr(metrics, name), name
@@ -201,7 +201,7 @@ FAMILY_MODELS = {
 @pytest.fixture(scope="module")
 def families(tmp_path_factory) -> dict[str, Path]:
     """A tiny spatial and vq run (16 px, one epoch) on the same images."""
-    from vaelab.runs import train_run
+    from vaelab.runs.session import train_run
 
     tmp = tmp_path_factory.mktemp("families")
     images = make_images(tmp / "images")

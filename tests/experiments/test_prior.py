@@ -18,7 +18,7 @@ from vaelab.config import load_config
 from vaelab.errors import VaelabError
 from vaelab.experiments import prior as priors
 from vaelab.experiments import sampling, use
-from vaelab.runs import load_run
+from vaelab.runs.loaded import load_run
 
 SIZE = 16
 SMALL_PRIOR = ["prior.channels=8", "prior.layers=2", "prior.kernel=3", "prior.batch_size=8"]
@@ -42,7 +42,7 @@ def make_images(folder: Path, count: int = 40) -> Path:
 
 
 def train(tmp: Path, images: Path, model: str, name: str) -> Path:
-    from vaelab.runs import train_run
+    from vaelab.runs.session import train_run
 
     config = load_config(None, [
         f"data.images={images}", f"data.metadata={images / 'metadata.json'}", f"data.size=[{SIZE}, {SIZE}]",
@@ -160,7 +160,7 @@ def test_other_settings_need_fresh_and_fresh_keeps_the_old_prior(runs, tmp_path)
     network = sampling.load_prior(run).network
     as_red, as_blue = (sampling.tag_condition(tags, [name], 3) for name in ("red", "blue"))
     assert not torch.allclose(network(red.latents, as_red), network(red.latents, as_blue))
-    with pytest.raises(VaelabError, match=r"--tag 'rde': not a tag the prior was trained with; did you mean red\?"):
+    with pytest.raises(VaelabError, match=r"--tag 'rde': not a tag the prior was trained with; did you mean 'red'\?"):
         sampling.draw_latents(run, 2, tags=["rde"])
 
 

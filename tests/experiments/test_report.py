@@ -23,7 +23,8 @@ from PIL import Image
 from vaelab.config import load_config
 from vaelab.data.grid import image_grid, save_png
 from vaelab.errors import VaelabError
-from vaelab.experiments.report import MAX_WIDTH, STRIP_EPOCHS, report_command, spread, write_report
+from vaelab.experiments.report import report_command, write_report
+from vaelab.experiments.report_sections import MAX_WIDTH, STRIP_EPOCHS, spread
 from vaelab.experiments.stats import format_number
 
 SCRIPT_TAG = "<script>alert(1)</script>"
@@ -264,7 +265,7 @@ def test_out_folder_and_bad_input(tmp_path):
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory) -> Path:
     """Two epochs on 12 tiny JPEGs whose every tag list holds SCRIPT_TAG, kept by data.filter.include."""
-    from vaelab.runs import train_run
+    from vaelab.runs.session import train_run
 
     root = tmp_path_factory.mktemp("real")
     rng = np.random.default_rng(0)
@@ -361,7 +362,7 @@ FAMILY_MODELS = {
 def family_runs(tmp_path_factory) -> dict[str, Path]:
     """A tiny spatial and vq run (16 px, two epochs), each evaluated."""
     from vaelab.experiments.evaluate import evaluate_run
-    from vaelab.runs import train_run
+    from vaelab.runs.session import train_run
 
     root = tmp_path_factory.mktemp("families")
     rng = np.random.default_rng(1)

@@ -43,7 +43,7 @@ def make_images(folder: Path, count: int = 18) -> Path:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> tuple[Path, Path]:
     """(run folder, images folder)."""
-    from vaelab.runs import train_run
+    from vaelab.runs.session import train_run
 
     tmp = tmp_path_factory.mktemp("use")
     images = make_images(tmp / "images")
@@ -291,7 +291,7 @@ FAMILY_SHAPES = {"spatial": (2, 8, 8), "vq": (4, 8, 8)}
 
 
 def train_family(tmp: Path, images: Path, family: str) -> Path:
-    from vaelab.runs import train_run
+    from vaelab.runs.session import train_run
 
     config = load_config(None, [
         f"data.images={images}", f"data.size=[{SMALL}, {SMALL}]", "data.fit=pad", "data.workers=0",

@@ -99,7 +99,7 @@ def test_init_from_a_diffusers_folder_copies_every_weight_or_names_the_mismatch(
 
 
 def test_train_export_and_init_from_through_the_cli(tmp_path, capsys):
-    from test_runs import make_images, only_run
+    from tiny_runs import make_images, only_run
 
     images = make_images(tmp_path / "images", count=12)
     common = ["-c", "/dev/null", "--set", f"data.images={images}", "--set", "data.size=[16, 16]",

@@ -33,6 +33,7 @@ import numpy as np
 from vaelab.config import DataConfig
 from vaelab.data.images import Fitted, ImageError, load_fitted
 from vaelab.data.metadata import Metadata
+from vaelab.files import fsync_file
 
 CACHE_VERSION = 1
 EMPTY, FILLED, FAILED = 0, 1, 2
@@ -203,8 +204,9 @@ class ImageCache:
         try:
             self.pixels.flush()
             self.table.flush()
-            with open(self.partial_path, "rb") as handle:
-                os.fsync(handle.fileno())
+            # Not `vaelab.files.atomic_path`: the other processes have this very file mapped and
+            # may still read it, so it is renamed in place rather than replaced by a copy.
+            fsync_file(self.partial_path)
             os.rename(self.partial_path, self.final_path)
         except FileNotFoundError:
             if not self.final_path.exists():

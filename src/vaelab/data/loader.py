@@ -125,7 +125,7 @@ class ImageLoader:
     prefetch: int = 0  # cache batches gathered ahead in a thread (see `prefetched`)
     # Data-parallel training: (rank, world size). Each batch of the epoch's order is the global
     # batch; this process gets its contiguous slice of it and a batch for every global batch, even
-    # an empty one, so that all processes step together (see `vaelab.distributed`).
+    # an empty one, so that all processes step together (see `vaelab.train.distributed`).
     shard: tuple[int, int] = (0, 1)
     skipped: dict[int, Skip] = field(default_factory=dict)
     _ring: list[torch.Tensor] = field(default_factory=list, repr=False)

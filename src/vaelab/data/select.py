@@ -5,7 +5,6 @@ All of it works on whole columns at once, so it takes milliseconds on 500,000 im
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 from collections import Counter
 from typing import Any
@@ -14,7 +13,7 @@ import numpy as np
 
 from vaelab.config import FilterConfig
 from vaelab.data.metadata import Metadata
-from vaelab.errors import VaelabError
+from vaelab.errors import VaelabError, did_you_mean
 
 ORIENTATIONS = ("portrait", "landscape", "square", "unknown")
 
@@ -38,9 +37,8 @@ def _check_known(metadata: Metadata, names: list[str], key: str, vocabulary: np.
     known = set(vocabulary.tolist())
     for name in names:
         if name not in known:
-            close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
-            hint = f"; did you mean '{close[0]}'?" if close else f"; run 'vaelab data stats' to list the {what}s"
-            raise VaelabError(f"{key}: {what} '{name}' does not occur in {metadata.origin or 'the metadata'}{hint}")
+            hint = did_you_mean(name, known, cutoff=0.6) or f"run 'vaelab data stats' to list the {what}s"
+            raise VaelabError(f"{key}: {what} '{name}' does not occur in {metadata.origin or 'the metadata'}; {hint}")
 
 
 def select(metadata: Metadata, rules: FilterConfig) -> np.ndarray:

@@ -1,7 +1,8 @@
-"""Experiments on finished (or running) run folders: compare runs, and later sweeps and reports.
+"""The experiments layer, on finished (or running) run folders: compare runs, sweeps (`sweep/`),
+reports, evaluation, priors and the commands that use a trained model (encode, decode, sample...).
 
-Layering: this package reads run folders and may use `vaelab.config`, `vaelab.runs` and
-`vaelab.data`; nothing but the CLI imports it. Import the submodules directly
-(`vaelab.experiments.compare`, `.stats`, `.plots`); this file stays empty so that importing
-one of them does not pull in scipy or matplotlib for the others.
+Layering: it may import every layer below it (config, data, model, train, remote, runs); only the
+CLI imports it. Import the submodules directly (`vaelab.experiments.compare`, `.stats`, `.plots`);
+this file stays empty so that importing one of them does not pull in scipy or matplotlib for the
+others.
 """

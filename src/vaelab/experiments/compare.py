@@ -9,9 +9,10 @@ samples, `--metric c2st_<prior>` and `nn_ratio_<prior>` compare them (see `sampl
 
     load_runs -> label_runs -> per-run summary + thresholds -> groups + Welch tests -> plots
 
-Labels live in `labels.py` and the terminal tables in `compare_tables.py`. `compare_runs`
-builds the result (a JSON-ready dict) and `compare_command` also prints it and
-writes the plots; the CLI calls the latter.
+Labels live in `labels.py`, threshold crossings in `thresholds.py` and the terminal tables in
+`compare_tables.py`. `compare_runs` builds the result (a JSON-ready dict) and `compare_command`
+also prints it and writes the plots; the CLI calls the latter. `load_run` is the one reader of a
+run folder: strict for compare, lenient (`lenient=True`) for the report.
 
 images/s is only reported when metrics.jsonl has `train_images` (or `images`): the number of
 training images seen in that epoch. It is then the sum over epochs divided by the final
@@ -22,20 +23,20 @@ partial and skipped batches.
 
 from __future__ import annotations
 
-import difflib
-import json
 import math
-import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import yaml
 
-from vaelab.errors import VaelabError
+from vaelab.config.keys import changes_loss_unit
+from vaelab.errors import VaelabError, did_you_mean
 from vaelab.experiments import stats
 from vaelab.experiments.compare_tables import print_report
 from vaelab.experiments.labels import BASELINE, label_runs
+from vaelab.experiments.thresholds import parse_threshold, threshold_results
+from vaelab.runs.folder import read_metrics  # the one metrics.jsonl reader; journal, storage, report import it here
 
 DEFAULT_METRICS = ("val_loss", "val_recon", "val_psnr")
 
@@ -48,6 +49,8 @@ class RunRecord:
     config: dict
     metrics: list[dict]  # one dict per epoch, sorted by epoch, non-finite numbers as None
     skipped_lines: int = 0  # unparsable lines (e.g. the last one of a killed run)
+    config_text: Optional[str] = None  # config.yaml as written (the report shows it verbatim)
+    problems: dict[str, str] = field(default_factory=dict)  # file -> why it could not be used (lenient reading)
 
     @property
     def name(self) -> str:
@@ -99,11 +102,18 @@ def load_runs(paths: Sequence[Path | str]) -> list[RunRecord]:
     return records
 
 
-def load_run(folder: Path) -> RunRecord:
+def load_run(folder: Path, lenient: bool = False) -> RunRecord:
+    """A run folder's config.yaml and metrics.jsonl, with what `sample_metrics` finds added to the last epoch.
+
+    Strict (compare): both files must be there and usable, else the error says
+    what to do. Lenient (the report, which shows whatever a run has): only a folder with neither is
+    an error; a file that is missing or unusable is named in `problems` with why, and the record
+    holds what could be read (config {}, metrics [] when there is none).
+    """
     if not folder.is_dir():
         raise VaelabError(f"{folder}: not a folder; pass run folders such as runs/2026-11-26_21h33m47s")
     missing = [name for name in ("config.yaml", "metrics.jsonl") if not (folder / name).is_file()]
-    if missing:
+    if len(missing) == 2 or (missing and not lenient):
         has_runs = any((child / "metrics.jsonl").is_file() for child in folder.iterdir() if child.is_dir())
         if has_runs:
             hint = f"it holds run folders: pass them instead, e.g. {folder}/*"
@@ -112,19 +122,41 @@ def load_run(folder: Path) -> RunRecord:
         else:
             hint = "pass a folder written by vaelab train"
         raise VaelabError(f"{folder}: no {' and no '.join(missing)}; {hint}")
-    try:
-        config = yaml.safe_load((folder / "config.yaml").read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
-        raise VaelabError(f"{folder / 'config.yaml'}: cannot read it ({type(error).__name__}); "
-                          "restore it from the run's source/ snapshot or leave the run out") from None
-    if not isinstance(config, dict):
-        raise VaelabError(f"{folder / 'config.yaml'}: not a config mapping; leave the run out")
-    metrics, skipped = read_metrics(folder / "metrics.jsonl")
-    if not metrics:
+    record = RunRecord(folder, {}, [])
+    read_config(record, lenient)
+    if "metrics.jsonl" not in missing:
+        record.metrics, record.skipped_lines = read_metrics(folder / "metrics.jsonl")
+    if record.skipped_lines:
+        record.problems["metrics.jsonl"] = f"{record.skipped_lines} unparsable line(s) skipped"
+    if not record.metrics and not lenient:
         raise VaelabError(f"{folder}: metrics.jsonl has no finished epoch yet; "
                           "wait for the first epoch or leave the run out")
-    metrics[-1] = {**metrics[-1], **sample_metrics(folder)}
-    return RunRecord(folder, config, metrics, skipped)
+    if record.metrics:
+        record.metrics[-1] = {**record.metrics[-1], **sample_metrics(folder)}
+    return record
+
+
+def read_config(record: RunRecord, lenient: bool) -> None:
+    """config.yaml into record.config_text and record.config. Lenient reading replaces bytes that
+    are not UTF-8, so that the report can still show the file, and notes what is wrong in
+    record.problems where strict reading raises."""
+    path = record.folder / "config.yaml"
+    why, advice = None, "leave the run out"
+    try:
+        record.config_text = path.read_text(encoding="utf-8", errors="replace" if lenient else "strict")
+        config = yaml.safe_load(record.config_text)
+        if isinstance(config, dict):
+            record.config = config
+        else:
+            why = "not a config mapping"
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+        missing = lenient and isinstance(error, FileNotFoundError)  # strict reading checked it is there
+        why = "missing" if missing else f"cannot read it ({type(error).__name__})"
+        advice = "restore it from the run's source/ snapshot or leave the run out"
+    if why is not None and not lenient:
+        raise VaelabError(f"{path}: {why}; {advice}") from None
+    if why is not None:
+        record.problems[path.name] = why
 
 
 def sample_metrics(folder: Path) -> dict:
@@ -147,39 +179,8 @@ def sample_metrics(folder: Path) -> dict:
     return out
 
 
-def read_metrics(path: Path) -> tuple[list[dict], int]:
-    """Epoch records sorted by epoch, and the number of lines skipped as unparsable.
-
-    A killed run can leave a half-written last line; any line that is not a JSON object with a
-    positive integer `epoch` is skipped and counted. If an epoch appears twice (a resume that
-    did not trim), the later line wins, as it is the one the run continued from.
-    """
-    by_epoch: dict[int, dict] = {}
-    skipped = 0
-    try:
-        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
-    except OSError as error:
-        raise VaelabError(f"{path}: cannot read it ({error.strerror})") from None
-    for line in lines:
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except ValueError:
-            skipped += 1
-            continue
-        epoch = record.get("epoch") if isinstance(record, dict) else None
-        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 1:
-            skipped += 1
-            continue
-        # Python's json writes NaN/Infinity; they are not values a comparison can use.
-        by_epoch[epoch] = {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
-                           for k, v in record.items()}
-    return [by_epoch[e] for e in sorted(by_epoch)], skipped
-
-
 # --------------------------------------------------------------------------------------------
-# labels: how each run's config differs from the others
+# one run's summary, and the keys --threshold and --metric name
 # --------------------------------------------------------------------------------------------
 
 
@@ -207,59 +208,11 @@ def summarize(record: RunRecord) -> dict:
     }
 
 
-@dataclass(frozen=True)
-class Threshold:
-    key: str
-    value: float
-    direction: str  # "<=" or ">="
-
-
-_THRESHOLD = re.compile(r"^\s*(?P<key>[^<>=\s]+)\s*(?P<op><=|>=|=)\s*(?P<value>\S+)\s*$")
-
-
-def parse_threshold(text: str) -> Threshold:
-    """`val_recon=1e5` -> crossing means <= for losses, >= for PSNR-like keys (see
-    `stats.higher_is_better`); `KEY<=VALUE` or `KEY>=VALUE` states the direction explicitly."""
-    match = _THRESHOLD.match(text)
-    if not match:
-        raise VaelabError(f"--threshold {text!r}: expected KEY=VALUE, e.g. --threshold val_recon=1e5")
-    try:
-        value = float(match["value"])
-    except ValueError:
-        value = math.nan
-    if not math.isfinite(value):
-        raise VaelabError(f"--threshold {text!r}: {match['value']!r} is not a finite number, e.g. 1e5 or 28.5")
-    op = match["op"]
-    if op == "=":
-        op = ">=" if stats.higher_is_better(match["key"]) else "<="
-    return Threshold(match["key"], value, op)
-
-
 def check_keys(keys: Sequence[str], known: set[str], flag: str) -> None:
     for key in keys:
         if key not in known:
-            close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.5)
-            hint = f"did you mean '{close[0]}'?" if close else f"known: {', '.join(sorted(known))}"
+            hint = did_you_mean(key, sorted(known)) or f"known: {', '.join(sorted(known))}"
             raise VaelabError(f"{flag} {key!r}: not a key of any run's metrics.jsonl; {hint}")
-
-
-def threshold_results(records: Sequence[RunRecord], threshold: Threshold) -> tuple[list[Optional[dict]], dict]:
-    """Per run {"epoch", "time_s", "ahead"} (or None: never crosses) and a summary naming the best."""
-    crossings = [stats.first_crossing(r.points(threshold.key), threshold.value, threshold.direction)
-                 for r in records]
-    best, leads = stats.ahead(crossings)
-    per_run: list[Optional[dict]] = []
-    for crossing, lead in zip(crossings, leads):
-        if crossing is None:
-            per_run.append(None)
-            continue
-        if lead is not None:
-            lead = {"of": str(records[lead["of"]].folder), "epochs": lead["epochs"], "minutes": lead["minutes"]}
-        per_run.append({**crossing, "ahead": lead})
-    summary = {"key": threshold.key, "value": threshold.value, "direction": threshold.direction,
-               "best_run": str(records[best].folder) if best is not None else None,
-               "never_crossed": [str(r.folder) for r, c in zip(records, crossings) if c is None]}
-    return per_run, summary
 
 
 # --------------------------------------------------------------------------------------------
@@ -354,7 +307,7 @@ def compare_records(records: Sequence[RunRecord], thresholds: Sequence[str] = ()
     elif tests and all(t["verdict"] == "not assessable" for t in tests) and all(g["n"] < 2 for g in groups):
         notes.append("one run per group (n=1): differences are shown but their significance cannot be "
                      "assessed; run each config with 3 or more seeds (train.seed)")
-    unit_keys = [k for k in differing if k in ("loss.reconstruction", "loss.sigma", "data.size", "data.scale")]
+    unit_keys = [k for k in differing if changes_loss_unit(k)]
     if unit_keys:
         notes.append(f"the runs differ in {', '.join(unit_keys)}, so their losses are not in the same unit; "
                      "compare val_psnr (or val_mse) across them")

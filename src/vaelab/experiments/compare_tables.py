@@ -7,6 +7,7 @@ from typing import Optional, Sequence
 
 from vaelab.experiments import stats
 from vaelab.experiments.stats import format_number
+
 # --------------------------------------------------------------------------------------------
 # human output
 # --------------------------------------------------------------------------------------------

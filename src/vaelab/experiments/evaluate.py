@@ -39,7 +39,7 @@ The other families (`vaelab.model`):
   frequencies, in codes: 1 .. codebook size) and commitment (the loss's commitment term, mean
   per image). loss = recon + commitment, the trainer's val_loss. latent is [code_dim, h, w].
 
-`LatentStats`, `ssim` and `box_ssim` live in `vaelab.metrics` (importable from here too); the
+`LatentStats`, `ssim` and `box_ssim` live in `vaelab.train.metrics` (importable from here too); the
 trainer logs the cheap ones every epoch as val_active_units and val_kl_per_dim (SSIM only here).
 """
 
@@ -57,20 +57,22 @@ import torch
 from torch import Tensor
 
 from vaelab.config import Config, DataConfig, load_config
+from vaelab.config.keys import (
+    MODEL_INPUT_KEYS,  # the model's input contract: evaluation data is fitted and scaled as the run was trained
+)
 from vaelab.data.collection import load_collection
 from vaelab.data.loader import FittedImages, ImageLoader
 from vaelab.data.scaling import box_masks, to_model_input, to_pixels
 from vaelab.errors import VaelabError
-from vaelab.losses import HALF_LOG_2PI, gaussian_log_sigma, masked_sum, vae_loss
+from vaelab.train.losses import HALF_LOG_2PI, gaussian_log_sigma, masked_sum, vae_loss
+
 # Moved to the model layer so that the trainer can log them every epoch; re-exported here.
-from vaelab.metrics import ACTIVE_THRESHOLD, LatentStats, box_ssim, cheap_metrics, gaussian_window, ssim  # noqa: F401
+from vaelab.train.metrics import ACTIVE_THRESHOLD, LatentStats, box_ssim, cheap_metrics, gaussian_window, ssim  # noqa: F401
 
 EVALUATION_FILE = "evaluation.json"
 NO_DENSITY = "not defined: a quantized latent (model.kind vq) has no density, so no KL and no ELBO"
 PSNR_CAP = 100.0  # dB for mse == 0, as the trainer's val_psnr
 SPLITS = ("val", "train", "all")
-# The model's input contract: evaluation data is always fitted and scaled as the run was trained.
-MODEL_INPUT_KEYS = ("size", "fit", "bbox_crop", "pad_value", "scale")
 
 UNITS = {
     "mse_sum": "squared error in the model's pixel scale, averaged over channels, summed over real pixels",
@@ -130,10 +132,10 @@ def evaluate_run(run_dir: Union[str, Path], config_path: Optional[Path] = None,
     checkpoint, else to evaluation-<hash>.json, so that evaluating on other data never replaces
     the run's own numbers. result["file"] says which.
     """
-    from vaelab.checkpoints import load_state
     from vaelab.files import read_json, write_json
-    from vaelab.runs import load_run
-    from vaelab.train import isolated
+    from vaelab.runs.checkpoints import load_state
+    from vaelab.runs.loaded import load_run
+    from vaelab.train.rng import isolated
 
     started = time.monotonic()
     run_dir = Path(run_dir)

@@ -37,10 +37,15 @@ import torch
 from vaelab.config import DataConfig
 from vaelab.data.grid import image_grid, save_png
 from vaelab.errors import VaelabError
+from vaelab.experiments.sample_quality import (
+    classifier_two_sample_test,
+    common_box,
+    crop,
+    distance_summary,
+    nearest_distances,
+)
 from vaelab.experiments.sampling import draw_latents
-from vaelab.experiments.sample_quality import (classifier_two_sample_test, common_box, crop, distance_summary,
-                                               nearest_distances)
-from vaelab.runs import LoadedRun
+from vaelab.runs.loaded import LoadedRun
 
 GRID_IMAGES = 64
 

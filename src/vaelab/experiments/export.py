@@ -16,7 +16,7 @@ from typing import Union
 from vaelab.errors import VaelabError
 from vaelab.files import write_json
 from vaelab.model.spatial import export_diffusers
-from vaelab.runs import load_run
+from vaelab.runs.loaded import load_run
 
 FORMATS = ("diffusers",)
 

@@ -1,7 +1,8 @@
 """Labels for runs: how each run's config differs from the others' (`train.lr=1e-4`).
 
-Configs are flattened to dotted keys; keys that never identify an experiment (bookkeeping,
-caches, the seed) are ignored, so runs that differ only by seed share a label and form a group.
+Configs are flattened to dotted keys; keys that never identify an experiment (execution,
+bookkeeping, the seed, the planned length: `vaelab.config.keys`) are ignored, so runs that differ
+only by seed, device or precision share a label and form a group.
 """
 
 from __future__ import annotations
@@ -13,16 +14,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from vaelab.config import Config
+from vaelab.config.keys import flatten
+from vaelab.config.keys import identifying as identifying_key
 from vaelab.experiments.stats import format_number
 
 if TYPE_CHECKING:
     from vaelab.experiments.compare import RunRecord
 
-# Config keys that never identify an experiment: bookkeeping (the whole run section), where
-# data is cached, how many workers decode it, the planned length (a resume may extend it and
-# the trajectory does not depend on it), and the seed, which instead makes runs replicates.
-IGNORED_PREFIXES = ("run.",)
-IGNORED_KEYS = frozenset({"train.seed", "train.epochs", "data.cache_dir", "data.workers", "data.prefetch", "data.cache"})
+# Which keys never identify an experiment (execution, bookkeeping, the seed and the planned
+# length) is declared on the config fields: `vaelab.config.keys`.
 # Resolved configs hold absolute paths; the same data set checked out in two places must not
 # count as a difference, so these are compared (and shown) by their last two path parts.
 PATH_KEYS = frozenset({"data.images", "data.metadata"})
@@ -31,21 +31,6 @@ BASELINE = "baseline"
 
 
 # --------------------------------------------------------------------------------------------
-
-
-def flatten(config: dict, prefix: str = "") -> dict[str, Any]:
-    """Nested sections to dotted keys; lists of mappings (model.conv) by index: model.conv.0.kernel."""
-    out: dict[str, Any] = {}
-    for key, value in config.items():
-        dotted = f"{prefix}{key}"
-        if isinstance(value, dict):
-            out.update(flatten(value, f"{dotted}."))
-        elif isinstance(value, list) and value and all(isinstance(item, dict) for item in value):
-            for index, item in enumerate(value):
-                out.update(flatten(item, f"{dotted}.{index}."))
-        else:
-            out[dotted] = value
-    return out
 
 
 def with_defaults(config: dict) -> dict:
@@ -62,7 +47,7 @@ def identifying(config: dict) -> dict[str, Any]:
     """The flattened keys that can tell experiments apart, path keys shortened."""
     flat = {}
     for key, value in flatten(with_defaults(config)).items():
-        if key in IGNORED_KEYS or key.startswith(IGNORED_PREFIXES):
+        if not identifying_key(key):
             continue
         if key in PATH_KEYS and isinstance(value, str):
             value = "/".join(Path(value).parts[-2:])

@@ -42,10 +42,19 @@ import torch
 from vaelab.config import DataConfig
 from vaelab.data.grid import save_png
 from vaelab.data.images import read_size
-from vaelab.files import atomic_path
 from vaelab.errors import VaelabError
-from vaelab.experiments.use import CHUNK, PathLike, decode_pixels, encode_pixels, restore, safe_name, unique, visible_region
-from vaelab.runs import load_run
+from vaelab.experiments.use import (
+    CHUNK,
+    PathLike,
+    decode_pixels,
+    encode_pixels,
+    restore,
+    safe_name,
+    unique,
+    visible_region,
+)
+from vaelab.files import atomic_path
+from vaelab.runs.loaded import load_run
 
 LATENTS_FORMAT = "vaelab-latents"
 LATENTS_VERSION = 2

@@ -19,8 +19,8 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import LogFormatter, MaxNLocator
 
 from vaelab.errors import VaelabError
-from vaelab.files import atomic_path
 from vaelab.experiments.stats import format_number
+from vaelab.files import atomic_path
 
 
 def plot_comparison(series: Sequence[dict], metrics: Sequence[str], out_dir: Path, log_scale: bool = False,

@@ -1,7 +1,7 @@
 """`vaelab prior RUN`: fit a learned prior to a trained run's latents, kept in RUN/prior/.
 
     RUN/prior/
-      config.yaml          the prior's config (`vaelab.prior_config`), kind resolved
+      config.yaml          the prior's config (`vaelab.config.prior`), kind resolved
       latents.safetensors  the training and validation images encoded once by the run's best
                            checkpoint (codes for vq, posterior means otherwise) and their tags;
                            reused while that checkpoint is unchanged (its sha256 is recorded)
@@ -35,13 +35,14 @@ import torch
 import yaml
 from torch import Tensor
 
-from vaelab.checkpoints import BEST, LAST, CheckpointFolder
+from vaelab.config.prior import PriorConfig, prior_config
 from vaelab.errors import VaelabError
 from vaelab.files import append_json_line, save_safetensors, write_json, write_text
 from vaelab.model.mixture import fit_mixture
 from vaelab.model.pixelcnn import GatedPixelCNN
-from vaelab.prior_config import PriorConfig, prior_config
-from vaelab.runs import LoadedRun, load_run, trim_metrics
+from vaelab.runs.checkpoints import BEST, LAST, CheckpointFolder
+from vaelab.runs.folder import read_metrics, trim_metrics
+from vaelab.runs.loaded import LoadedRun, load_run
 
 PRIOR_DIR = "prior"
 LATENTS_FILE, SUMMARY_FILE = "latents.safetensors", "summary.json"
@@ -153,7 +154,7 @@ def resolved_kind(config: PriorConfig, family: str, run_dir: Path) -> str:
 def fit_prior(run_dir: Path, overrides: Sequence[str] = (), fresh: bool = False, device: str = "auto",
               progress: Optional[bool] = None, log: Callable[[str], None] = print) -> dict:
     """Fit (or resume fitting) the prior of a run; returns the summary (also in summary.json)."""
-    from vaelab.run_folders import lock_run
+    from vaelab.runs.folder import lock_run
 
     run_dir = Path(run_dir)
     run = load_run(run_dir, "best", device)
@@ -293,7 +294,7 @@ def train_pixelcnn(run: LoadedRun, config: PriorConfig, latents: Latents, folder
     if best_state is None:
         raise VaelabError(f"{folder}: prior.epochs {config.epochs} trained nothing; raise prior.epochs")
     save_safetensors(best_state["network"], folder / PIXELCNN_FILE)
-    records = [json.loads(line) for line in metrics_file.read_text(encoding="utf-8").splitlines() if line.strip()]
+    records, _ = read_metrics(metrics_file, finite=False)  # NaN stays NaN in summary.json, as the records have it
     best_record = next((r for r in records if r["epoch"] == best_epoch), records[-1])
     return {"epochs": config.epochs, "best_epoch": best_epoch, "val_bits_per_code": best_record["val_bits_per_code"],
             "train_bits_per_code": best_record["train_bits_per_code"],

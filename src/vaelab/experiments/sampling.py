@@ -20,14 +20,13 @@ import torch
 import yaml
 from torch import Tensor
 
-from vaelab.errors import VaelabError
+from vaelab.config.prior import prior_config
+from vaelab.errors import VaelabError, did_you_mean
 from vaelab.experiments.prior import MIXTURE_FILE, PIXELCNN_FILE, PRIOR_DIR, SUMMARY_FILE, build_pixelcnn, multi_hot
 from vaelab.files import read_json
 from vaelab.model.mixture import GaussianMixture
 from vaelab.model.pixelcnn import GatedPixelCNN
-from vaelab.prior_config import prior_config
-from vaelab.runs import LoadedRun
-
+from vaelab.runs.loaded import LoadedRun
 
 # --------------------------------------------------------------------------------------------
 # reading a fitted prior back
@@ -137,11 +136,8 @@ def draw_latents(run: LoadedRun, count: int, seed: int = 0, prior: str = "auto",
 
 
 def tag_condition(names: Sequence[str], wanted: Sequence[str], count: int) -> Tensor:
-    import difflib
-
     for tag in wanted:
         if tag not in names:
-            close = difflib.get_close_matches(tag, list(names), n=3)
-            hint = f"did you mean {', '.join(close)}?" if close else f"known tags: {', '.join(list(names)[:20])}"
+            hint = did_you_mean(tag, names, cutoff=0.6, n=3) or f"known tags: {', '.join(list(names)[:20])}"
             raise VaelabError(f"--tag {tag!r}: not a tag the prior was trained with; {hint}")
     return multi_hot([list(wanted)] * count, names)

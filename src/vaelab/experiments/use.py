@@ -36,7 +36,8 @@ from vaelab.data.loader import Batch
 from vaelab.data.scaling import to_model_input, to_pixels
 from vaelab.errors import VaelabError
 from vaelab.model.posterior import DiagonalGaussian
-from vaelab.runs import LoadedRun, load_run
+from vaelab.runs.folder import RunFolder
+from vaelab.runs.loaded import LoadedRun, load_run
 
 CHUNK = 64  # images per forward pass: bounded memory for any number of inputs
 
@@ -318,15 +319,12 @@ def dims_by_kl(run_dir: Path, latent: int, own_kl: Optional[list[float]] = None)
     if not valid(kl):
         kl = None
         try:
-            for line in (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines():
-                try:
-                    values = json.loads(line).get("val_kl_per_dim")
-                except (ValueError, AttributeError):
-                    continue
-                if valid(values):
-                    kl, source = values, "metrics.jsonl (last epoch)"
-        except OSError:
-            pass
+            records, _ = RunFolder(run_dir).read_metrics()
+        except VaelabError:  # no metrics.jsonl, or an unreadable one: no KL from there
+            records = []
+        for record in records:
+            if valid(record.get("val_kl_per_dim")):
+                kl, source = record["val_kl_per_dim"], "metrics.jsonl (last epoch)"
     if kl is None and own_kl is not None:
         kl, source = own_kl, "the image's own KL"
     if kl is None:

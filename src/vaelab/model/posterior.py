@@ -6,7 +6,7 @@
 - `Quantized` (vq family): the straight-through quantized map the decoder takes, the code of
   every position, and the commitment term. There is no KL; its prior (issue 7) is over codes.
 
-The losses (`vaelab.losses`), the latent statistics (`vaelab.metrics`) and the commands that use
+The losses (`vaelab.train.losses`), the latent statistics (`vaelab.train.metrics`) and the commands that use
 a model read a posterior through these methods only, so none of them assumes a vector latent.
 """
 

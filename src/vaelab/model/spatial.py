@@ -23,6 +23,7 @@ from torch import Tensor
 
 from vaelab.config import ResNetStack, SpatialModelConfig
 from vaelab.errors import VaelabError
+from vaelab.files import atomic_folder
 from vaelab.model.contract import VAE, check_input
 from vaelab.model.posterior import DiagonalGaussian
 from vaelab.model.vector import OUTPUT_ACTIVATIONS
@@ -85,22 +86,11 @@ class SpatialVAE(VAE):
 def export_diffusers(model: SpatialVAE, out_dir: Path) -> Path:
     """Write `model` as a diffusers AutoencoderKL folder (config.json + safetensors), atomically:
     into a temporary folder beside `out_dir`, renamed into place when complete."""
-    import shutil
-    import tempfile
-
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
         raise VaelabError(f"{out_dir}: the folder exists and is not empty; choose a new OUT folder")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    temporary = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with atomic_folder(out_dir) as temporary:
         model.vae.save_pretrained(temporary, safe_serialization=True)
-        if out_dir.exists():
-            out_dir.rmdir()
-        temporary.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(temporary, ignore_errors=True)
-        raise
     return out_dir
 
 

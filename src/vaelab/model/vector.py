@@ -26,7 +26,6 @@ from vaelab.errors import VaelabError
 from vaelab.model.contract import VAE, check_input
 from vaelab.model.posterior import DiagonalGaussian
 
-
 ACTIVATIONS = {
     "lrelu": lambda: nn.LeakyReLU(0.2),
     "relu": nn.ReLU,
