@@ -14,6 +14,8 @@ import pytest
 import torch
 from PIL import Image
 
+from vaelab.config import load_config
+
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "quality.py"
 
 
@@ -72,7 +74,9 @@ def test_quick_run_reports_every_family_and_baseline(bench, textured_photos, tmp
     assert vq_run["psnr_pooled"] == pytest.approx(vq_run["val_psnr_logged"], abs=1e-6)
     assert families["vector"]["latent_floats"] == 64 and families["vector"]["latent_bits"] is None
     spatial = families["spatial"]
-    assert spatial["latent_floats"] == math.prod(spatial["latent_shape"]) and spatial["latent_shape"][1:] == [4, 4]
+    # the latent map of configs/spatial-64.yaml's levels at the quick run's 16 px
+    side = 16 // load_config(Path(__file__).parents[2] / "configs" / "spatial-64.yaml").model.factor
+    assert spatial["latent_floats"] == math.prod(spatial["latent_shape"]) and spatial["latent_shape"][1:] == [side, side]
     vq = families["vq"]
     assert vq["latent_floats"] is None and vq["latent_bits"] == 4 * 4 * math.log2(vq["codes"])
 
