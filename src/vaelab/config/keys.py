@@ -19,7 +19,7 @@ from typing import Any, Iterator, Optional
 from pydantic import BaseModel
 
 from vaelab.config.roles import BOOKKEEPING, EXECUTION, IDENTITY, LENGTH, LOSS_UNIT, MODEL_INPUT, REPLICATE
-from vaelab.config.sections import Config
+from vaelab.config.sections import Config, section_types
 
 
 def flatten(values: dict, prefix: str = "", items: bool = True) -> dict[str, Any]:
@@ -36,16 +36,6 @@ def flatten(values: dict, prefix: str = "", items: bool = True) -> dict[str, Any
         else:
             out[dotted] = value
     return out
-
-
-def section_types(annotation: Any) -> list[type[BaseModel]]:
-    """The section classes inside a field's annotation: one, a list's item, or a union's members."""
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return [annotation]
-    found: list[type[BaseModel]] = []
-    for arg in getattr(annotation, "__args__", ()) or ():
-        found += [t for t in section_types(arg) if t not in found]
-    return found
 
 
 def declared(extra: Any) -> dict:

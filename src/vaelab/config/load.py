@@ -13,7 +13,7 @@ from typing import Any, Optional, Union
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from vaelab.config.sections import MODEL_KINDS, Config, model_kind
+from vaelab.config.sections import MODEL_KINDS, Config, model_kind, section_types
 from vaelab.errors import VaelabError, did_you_mean
 
 
@@ -130,7 +130,7 @@ def check_keys(raw: Any, model: type[BaseModel], origin: str, prefix: str = "") 
 
 def _section_type(annotation: Any, value: Any = None, origin: str = "", dotted: str = "") -> Optional[type[BaseModel]]:
     """The section class of a field; for the model section, the family that `value` names."""
-    candidates = _section_types(annotation)
+    candidates = section_types(annotation)
     if len(candidates) > 1 and all("kind" in c.model_fields for c in candidates):
         kind = model_kind(value)
         by_kind = {c.model_fields["kind"].annotation.__args__[0]: c for c in candidates}
@@ -140,15 +140,6 @@ def _section_type(annotation: Any, value: Any = None, origin: str = "", dotted: 
                               f"use one of {', '.join(by_kind)}")
         return by_kind[kind]
     return candidates[0] if candidates else None
-
-
-def _section_types(annotation: Any) -> list[type[BaseModel]]:
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return [annotation]
-    found: list[type[BaseModel]] = []
-    for arg in getattr(annotation, "__args__", ()) or ():
-        found += [t for t in _section_types(arg) if t not in found]
-    return found
 
 
 def describe_validation_error(error: ValidationError) -> str:

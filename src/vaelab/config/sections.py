@@ -222,6 +222,16 @@ def model_kind(value: Any) -> str:
     return getattr(value, "kind", "vector")
 
 
+def section_types(annotation: Any) -> list[type[BaseModel]]:
+    """The section classes inside a field's annotation: one, a list's item, or a union's members."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    found: list[type[BaseModel]] = []
+    for arg in getattr(annotation, "__args__", ()) or ():
+        found += [t for t in section_types(arg) if t not in found]
+    return found
+
+
 AnyModelConfig = Annotated[
     Union[
         Annotated[ModelConfig, Tag("vector")],
