@@ -20,7 +20,7 @@ from vaelab.config.keys import flatten, resume_may_change
 from vaelab.errors import VaelabError
 from vaelab.experiments.sweep.plan import Pair, Plan
 from vaelab.files import read_json, write_json
-from vaelab.runs.folder import identity, is_locked
+from vaelab.runs.folder import RunFolder, identity, is_locked
 
 
 def match_key(config: Config) -> str:
@@ -42,16 +42,16 @@ def scan_runs(folder: Path) -> dict[str, list[Found]]:
     found: dict[str, list[Found]] = {}
     if not folder.is_dir():
         return found
-    for child in sorted(folder.iterdir()):
-        state = read_json(child / "run.json")
-        if not state or not (child / "config.yaml").is_file():
+    for child in map(RunFolder, sorted(folder.iterdir())):
+        state = child.read_status()
+        if not state or not child.config_file.is_file():
             continue
         try:
-            key = match_key(load_config(child / "config.yaml"))
+            key = match_key(load_config(child.config_file))
         except VaelabError:
             continue  # a damaged or foreign folder: not one of ours
         found.setdefault(key, []).append(
-            Found(child, str(state.get("status")), int(state.get("epoch") or 0), float(state.get("created") or 0)))
+            Found(child.path, str(state.get("status")), int(state.get("epoch") or 0), float(state.get("created") or 0)))
     return found
 
 
