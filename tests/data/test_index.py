@@ -10,6 +10,21 @@ def test_tags_from_file_and_set_folder():
     assert parse_tags("0001.jpg") == []
 
 
+def test_underscores_belong_to_tags_and_only_a_trailing_size_is_a_suffix():
+    assert parse_tags("set-530/t_shirt-hoodie-pants-7_640v640.jpg") == ["t_shirt", "hoodie", "pants", "set_530"]
+    assert parse_tags("long_hair-red_dress_1024x768.JPG") == ["long_hair", "red_dress"]
+    assert parse_tags("standing-front_view.jpg") == ["standing", "front_view"]
+    assert parse_tags("sitting-0012_2_640V480.png") == ["sitting"]  # digits and underscores: a counter
+
+
+def test_reused_records_get_the_tags_parsed_again(photo_folder):
+    # An index cached by a parser that cut tags at the first `_` must not keep those tags.
+    first = index_folder(photo_folder, workers=1)
+    stale = {r["file"]: {**r, "tags": ["t"]} for r in first.records}
+    again = index_folder(photo_folder, workers=1, reuse=stale)
+    assert again.reused == 12 and again.records == first.records
+
+
 def test_index_folder_reads_sizes_tags_and_sources(photo_folder):
     result = index_folder(photo_folder, workers=1)
     assert len(result.records) == 12 and not result.skipped

@@ -1,8 +1,8 @@
 """Index a folder of images into metadata: tags from names, sizes from headers, every file verified.
 
 Layout understood: `ROOT/[source/]set-folder/tag-tag-tag_640v480.jpg`.
-- The file name's dash-separated words are tags; everything from the first `_` on (size
-  suffix, counter) is not, nor are purely numeric words.
+- The file name's dash-separated words are tags, underscores kept (`t_shirt`); a trailing size
+  designator (`_640v480`, `_640x480`) is not, nor are words of digits alone (`0012`, `0012_2`).
 - The folder holding the image becomes a tag too (`set-530` gives `set_530`).
 - When the image is two or more folders deep, the top folder is its source.
 Every image is decoded once (cheaply, at reduced JPEG scale) so that a corrupt or truncated
@@ -26,6 +26,9 @@ from vaelab.files import atomic_path, write_json
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 _WORD = re.compile(r"[^a-z0-9]+")
+# The size designator at the end of a stem: `_640v640` (the user's collections), `_640x480`, `_640X480`.
+# Only this is a suffix: an underscore elsewhere belongs to a tag (`t_shirt`).
+_SIZE_SUFFIX = re.compile(r"_\d+[vx]\d+$", re.IGNORECASE)
 
 
 def folder_tag(name: str) -> str:
@@ -35,11 +38,11 @@ def folder_tag(name: str) -> str:
 def parse_tags(relative_path: str) -> list[str]:
     """Tags of one image from its path relative to the collection root."""
     parts = relative_path.split("/")
-    stem = parts[-1].rsplit(".", 1)[0].split("_", 1)[0]
+    stem = _SIZE_SUFFIX.sub("", parts[-1].rsplit(".", 1)[0])
     tags = []
     for word in stem.lower().split("-"):
-        word = word.strip()
-        if word and not word.isdigit() and word not in tags:
+        word = word.strip().strip("_")
+        if word and not word.replace("_", "").isdigit() and word not in tags:
             tags.append(word)
     if len(parts) >= 2:
         set_tag = folder_tag(parts[-2])
@@ -102,7 +105,9 @@ def index_folder(
         previous = (reuse or {}).get(relative)
         stat = stats[relative]
         if previous and previous.get("bytes") == stat.st_size and previous.get("mtime_ns") == stat.st_mtime_ns:
-            result.records.append(previous)
+            # The tags are parsed again (it costs no decode): a cached index written by an older
+            # parser must not keep its tags, e.g. the ones cut at the first `_`.
+            result.records.append({**previous, "tags": parse_tags(relative)})
             result.reused += 1
         else:
             to_verify.append(relative)
