@@ -77,7 +77,24 @@ def test_resolved_config_round_trips(tmp_path):
 def test_a_key_of_several_types_gets_one_readable_message():
     with pytest.raises(VaelabError) as error:
         load_config(None, ["data.workers=-1"])
-    assert str(error.value) == "the default config: data.workers: Input should be 'auto' or greater than or equal to 0"
+    assert str(error.value) == "--set data.workers=-1: data.workers: Input should be 'auto' or greater than or equal to 0"
+
+
+def test_a_bad_value_is_blamed_on_its_set_not_on_the_config(tmp_path):
+    with pytest.raises(VaelabError) as error:
+        load_config(None, ["train.lr=abc"])
+    assert str(error.value).startswith("--set train.lr=abc: train.lr: Input should be a valid number")
+    path = write(tmp_path, "data:\n  fit: squash\n")
+    with pytest.raises(VaelabError) as error:  # one from the file, one from a --set: each named
+        load_config(path, ["data.size=[64, abc]"])
+    parts = str(error.value).split("; ")
+    assert f"{path}: data.fit: Input should be 'stretch', 'pad' or 'crop'" in parts
+    assert any(p.startswith("--set data.size=[64, abc]: data.size[1]: Input should be a valid integer") for p in parts)
+    with pytest.raises(VaelabError, match=r"^--set data.filter=\{include: 3\}: data.filter.include: "):
+        load_config(None, ["data.filter={include: 3}"])  # a --set of a whole section
+    with pytest.raises(VaelabError, match=r"^the default config with --set data.filter.include=\[duo\], "
+                                          r"--set data.filter.exclude=\[duo\]: data.filter: tag 'duo'"):
+        load_config(None, ["data.filter.include=[duo]", "data.filter.exclude=[duo]"])  # a check over the section
 
 
 def test_auto_workers_share_the_cores_among_the_training_processes(monkeypatch):

@@ -36,7 +36,7 @@ def load_config(path: Optional[Path] = None, overrides: tuple[str, ...] | list[s
         if isinstance(alone.get("model"), dict) and isinstance(raw.get("model"), dict):
             alone["model"].setdefault("kind", model_kind(raw["model"]))  # the family the whole config names
         check_keys(alone, Config, origin=f"--set {override}")
-    return validated(raw, origin)
+    return validated(raw, origin, [(override, key) for override, key, _ in parsed])
 
 
 def config_from_text(text: str, origin: str) -> Config:
@@ -44,13 +44,32 @@ def config_from_text(text: str, origin: str) -> Config:
     return validated(yaml_mapping(text, origin), origin)
 
 
-def validated(raw: dict[str, Any], origin: str) -> Config:
+def validated(raw: dict[str, Any], origin: str, overrides: list[tuple[str, str]] = ()) -> Config:
+    """`raw` as a Config. `overrides`: (the --set as given, its key), so that a bad value is blamed
+    on the --set that gave it, not on the file (or the default config) it was applied to."""
     check_keys(raw, Config, origin=origin)
     try:
         config = Config.model_validate(raw)
     except ValidationError as error:
-        raise VaelabError(f"{origin}: {describe_validation_error(error)}") from None
+        by_origin: dict[str, list[str]] = {}
+        for key, text in describe_validation_error(error):
+            by_origin.setdefault(blame(key, origin, overrides), []).append(text)
+        raise VaelabError("; ".join(f"{who}: {'; '.join(texts)}" for who, texts in by_origin.items())) from None
     return resolve_paths(config)
+
+
+def blame(key: str, origin: str, overrides: list[tuple[str, str]] = ()) -> str:
+    """Where the failing value of `key` came from: the last --set of that key or of a section above
+    it; the file (or default config) with the --set inside it for a check over a whole section
+    (`key` a section); else the file."""
+    given = [override for override, set_key in overrides
+             if key == set_key or key.startswith(f"{set_key}.") or key.startswith(f"{set_key}[")]
+    if given:
+        return f"--set {given[-1]}"
+    inside = [override for override, set_key in overrides if not key or set_key.startswith(f"{key}.")]
+    if inside:
+        return f"{origin} with " + ", ".join(f"--set {override}" for override in inside)
+    return origin
 
 
 def read_yaml_mapping(path: Path) -> dict[str, Any]:
@@ -142,16 +161,16 @@ def _section_type(annotation: Any, value: Any = None, origin: str = "", dotted: 
     return candidates[0] if candidates else None
 
 
-def describe_validation_error(error: ValidationError) -> str:
-    """One line: each failing key and what it should be. A key that may take one of several types
-    (e.g. 'auto' or a number) fails once per type; those messages are joined with 'or'."""
+def describe_validation_error(error: ValidationError) -> list[tuple[str, str]]:
+    """(key, 'key: what it should be') for the first three failing keys. A key that may take one
+    of several types (e.g. 'auto' or a number) fails once per type; those messages are joined with 'or'."""
     by_key: dict[str, list[str]] = {}
     for item in error.errors():
         message = item["msg"].removeprefix("Value error, ")
         by_key.setdefault(field_path(item["loc"]), [])
         if message not in by_key[field_path(item["loc"])]:
             by_key[field_path(item["loc"])].append(message)
-    return "; ".join(f"{key}: {either(messages)}" if key else either(messages) for key, messages in list(by_key.items())[:3])
+    return [(key, f"{key}: {either(messages)}" if key else either(messages)) for key, messages in list(by_key.items())[:3]]
 
 
 def either(messages: list[str]) -> str:
