@@ -101,3 +101,22 @@ def test_compare_takes_the_url_of_a_folder_of_runs(run_on_s3, tmp_path, capsys, 
     assert vaelab(["compare", folder + "/", "--json"]) == 0
     runs = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["runs"]
     assert sorted(r["name"] for r in runs) == sorted([first.name, second.name])
+
+
+def test_a_key_that_leads_outside_the_copy_is_refused(bucket, tmp_path, capsys, monkeypatch):
+    # Keys are plain strings on S3: whoever can write to the bucket could aim a fetch anywhere.
+    url, options = bucket
+    fs, root = open_remote(url, options)
+    fs.pipe_file(f"{root}/A/run.json", b'{"status": "finished"}')
+    fs.pipe_file(f"{root}/A/config.yaml", b"{}")
+    # From the copy's grids/ folder, seven levels up is the tests' temporary folder, out of the cache.
+    fs.pipe_file(f"{root}/A/grids/{'../' * 7}escaped.txt", b"written outside")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", options["endpoint_url"])
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    s3fs.S3FileSystem.clear_instance_cache()
+    monkeypatch.chdir(tmp_path)
+    assert vaelab(["compare", f"{url}/A"]) == 2
+    message = capsys.readouterr().err.strip()
+    assert message.startswith(f"error: {url}/A: the object key 'grids/{'../' * 7}escaped.txt' leads outside "
+                              "the local folder ") and "\n" not in message
+    assert not list(tmp_path.parent.rglob("escaped.txt"))  # nothing written, there or anywhere else

@@ -20,6 +20,7 @@ from typing import Callable, Optional, Sequence
 
 from vaelab.errors import VaelabError
 from vaelab.files import atomic_folder, atomic_path, read_json, write_json
+from vaelab.remote.keys import cache_relative, escapes, local_path, plain_name
 from vaelab.remote.mirror import HEARTBEAT, MANIFEST, local_files, open_remote, store_error
 
 FETCHED = ".fetched.json"  # {"url": the run's URL, "files": {relative path: "size:version"}}
@@ -45,8 +46,7 @@ def run_urls(url: str) -> list[str]:
 
 def fetch_run(url: str, cache_root: Path) -> Path:
     """The local copy of the run folder at `url`, brought up to date, checkpoints left out."""
-    protocol, _, rest = url.rstrip("/").partition("://")
-    folder = Path(cache_root) / protocol / rest
+    folder = Path(cache_root) / cache_relative(url)
     return sync_down(url.rstrip("/"), folder, lambda there: [k for k in there if not k.startswith("checkpoints/")])
 
 
@@ -62,7 +62,7 @@ def fetch_checkpoints(run_dir: Path, names: Sequence[str]) -> None:
 def download_run(url: str, options: Optional[dict], name: str, root: Path) -> Path:
     """Fetch `<url>/<name>` whole, checkpoints included, into `<root>/<name>` to train on (--resume):
     all of it or nothing, through a hidden folder that is renamed when complete."""
-    target = Path(root) / name
+    target = Path(root) / plain_name(name, f"{url.rstrip('/')}/{name}")
     if target.exists():
         raise VaelabError(f"{target}: already exists; resume it with --resume {target}, or move it away to "
                           f"fetch {url.rstrip('/')}/{name}")
@@ -77,7 +77,8 @@ def download_run(url: str, options: Optional[dict], name: str, root: Path) -> Pa
 
 def sync_down(url: str, folder: Path, choose: Callable[[list[str]], list[str]], options: Optional[dict] = None) -> Path:
     """Download the files `choose` picks from the remote's list where they changed; delete the
-    fetched files that the remote no longer has."""
+    fetched files that the remote no longer has. A key that leads outside `folder` is refused
+    before anything is written (`vaelab.remote.keys`)."""
     fs, path = open_remote(url, options)
     try:
         listing = fs.find(path, detail=True)
@@ -87,13 +88,16 @@ def sync_down(url: str, folder: Path, choose: Callable[[list[str]], list[str]], 
         raise VaelabError(f"{url}: no run folder there; check the URL (vaelab lists nothing under it)")
     versions = {}
     for name, info in listing.items():
-        relative = name[len(path):].lstrip("/")
+        relative = name[len(path):]
+        relative = relative[1:] if relative.startswith("/") else relative  # the `/` after the prefix, no more
+        if relative:
+            local_path(folder, relative, url)  # raises for `../` or an absolute key
         if relative and relative != HEARTBEAT and not relative.startswith("."):
             versions[relative] = f"{info.get('size')}:{next((info[k] for k in VERSION_KEYS if k in info), '')}"
     known: dict = (read_json(folder / FETCHED) or {}).get("files", {})
     try:
         for relative in choose(sorted(versions)):
-            target = folder / relative
+            target = folder / relative  # checked above, before anything was written
             if known.get(relative) == versions[relative] and target.is_file():
                 continue
             with atomic_path(target) as temporary:
@@ -103,7 +107,8 @@ def sync_down(url: str, folder: Path, choose: Callable[[list[str]], list[str]], 
         raise store_error(url, error, "download from", setting=None) from None
     finally:
         for relative in [k for k in known if k not in versions]:  # gone there (a pruned checkpoint)
-            (folder / relative).unlink(missing_ok=True)
+            if not escapes(relative):  # .fetched.json is a local file, but a path is checked wherever it is joined
+                (folder / relative).unlink(missing_ok=True)
             del known[relative]
         write_json(folder / FETCHED, {"url": url, "files": known})
     return folder
