@@ -331,8 +331,15 @@ def test_a_download_cut_short_is_neither_a_run_nor_in_the_way(tmp_path, bucket, 
     partial.mkdir(parents=True)
     for name in ("run.json", "config.yaml"):
         fs.get_file(f"{open_remote(url, options)[1]}/{first.name}/{name}", str(partial / name))
+    import vaelab.files
+
+    synced = []
+    fsync_file = vaelab.files.fsync_file
+    monkeypatch.setattr(vaelab.files, "fsync_file", lambda path: (synced.append(path.name), fsync_file(path)))
     assert find_resumable(config) == tmp_path / "runs" / first.name  # the next attempt fetches it whole
     assert not partial.exists()
+    # Durable, as the run's own writes are: a power cut after the download leaves no emptied run.json.
+    assert {".run.json.tmp", ".last.pt.tmp"} <= {name.rsplit("-", 1)[0] for name in synced}
     assert (tmp_path / "runs" / first.name / "checkpoints" / "last.pt").is_file()
 
 

@@ -31,7 +31,7 @@ from tiny_runs import (  # noqa: F401
 from vaelab.config import load_config
 from vaelab.errors import VaelabError
 from vaelab.runs.checkpoints import load_state
-from vaelab.runs.folder import create_run_dir, find_resumable
+from vaelab.runs.folder import create_run_dir, find_resumable, started_at
 from vaelab.runs.loaded import load_run
 from vaelab.runs.session import train_run
 
@@ -189,6 +189,40 @@ def test_a_run_being_trained_is_locked(setup):
     finally:
         held.close()
     assert find_resumable(load_config(config_path)) == run_dir
+
+
+def test_a_damaged_run_json_is_told_from_a_missing_one(tmp_path):
+    from vaelab.runs.folder import RunFolder
+
+    run = RunFolder(tmp_path)
+    assert run.status_damage() is None  # missing
+    for text, damage in [("", "is empty"), ('{"status": "runn', "is not valid JSON"), ("{}", "has no status"),
+                         ("[1]", "has no status"), ('{"status": "running"}', None)]:
+        run.status_file.write_text(text)
+        assert run.status_damage() == damage
+
+
+def test_auto_resume_continues_a_run_whose_run_json_is_damaged_and_says_so(setup, capsys):
+    """A torn run.json used to read as a missing one: --resume auto passed the run over and started
+    a new run beside it. Now the run is continued (its checkpoints say where it stopped) with a warning."""
+    tmp_path, _, config_path = setup
+    config = load_config(config_path)
+    run_dir = train_run(config)
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "finished"
+    (run_dir / "run.json").write_text('{"status": "fini')  # what a crash before the fsync could leave
+    other = fake_run(tmp_path / "runs", load_config(config_path, ["train.lr=0.01"]), "running", 1.0, "other")
+    (other / "run.json").write_text("")  # damaged too, but another config: not ours, passed over quietly
+    capsys.readouterr()
+    assert train_run(config, resume="auto") == run_dir
+    err = capsys.readouterr().err
+    assert (f"warning: {run_dir / 'run.json'} is not valid JSON, so the run's status is unknown; its config is this "
+            f"one, so --resume auto continues it from its checkpoints and writes a new run.json (to start a new run "
+            f"instead, move {run_dir} out of {tmp_path / 'runs'})") in err
+    assert str(other) not in err
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == sorted([run_dir.name, "other"])  # no new run
+    status = json.loads((run_dir / "run.json").read_text())
+    assert status["status"] == "finished" and status["epoch"] == 3  # finished already: it ends at once
+    assert status["created"] == started_at(run_dir.name)  # the lost creation time, from the folder's name
 
 
 def test_tensorboard_events_or_a_note(setup):

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from vaelab.errors import VaelabError
-from vaelab.files import atomic_folder, atomic_path, read_json, write_json
+from vaelab.files import atomic_folder, atomic_path, fsync_dir, read_json, write_json
 from vaelab.remote.keys import cache_relative, escapes, local_path, plain_name
 from vaelab.remote.mirror import HEARTBEAT, MANIFEST, local_files, open_remote, store_error
 
@@ -61,24 +61,28 @@ def fetch_checkpoints(run_dir: Path, names: Sequence[str]) -> None:
 
 def download_run(url: str, options: Optional[dict], name: str, root: Path) -> Path:
     """Fetch `<url>/<name>` whole, checkpoints included, into `<root>/<name>` to train on (--resume):
-    all of it or nothing, through a hidden folder that is renamed when complete."""
+    all of it or nothing, through a hidden folder that is renamed when complete. Durable, as the
+    run's own writes of run.json and the checkpoints are: a power cut right after must not leave
+    an emptied run.json or checkpoint for the resume to find."""
     target = Path(root) / plain_name(name, f"{url.rstrip('/')}/{name}")
     if target.exists():
         raise VaelabError(f"{target}: already exists; resume it with --resume {target}, or move it away to "
                           f"fetch {url.rstrip('/')}/{name}")
     # A fixed name, so that a retry replaces what a killed download left.
     with atomic_folder(target, temporary=Path(root) / f".{name}.download") as partial:
-        sync_down(f"{url.rstrip('/')}/{name}", partial, lambda there: there, options)
+        sync_down(f"{url.rstrip('/')}/{name}", partial, lambda there: there, options, durable=True)
         # Now a run folder of this machine, whose files the remote already has: nothing to upload again.
         (partial / FETCHED).unlink()
         write_json(partial / MANIFEST, {k: list(v) for k, v in local_files(partial).items()})
+    fsync_dir(Path(root))  # the rename of the finished folder
     return target
 
 
-def sync_down(url: str, folder: Path, choose: Callable[[list[str]], list[str]], options: Optional[dict] = None) -> Path:
+def sync_down(url: str, folder: Path, choose: Callable[[list[str]], list[str]], options: Optional[dict] = None,
+              durable: bool = False) -> Path:
     """Download the files `choose` picks from the remote's list where they changed; delete the
     fetched files that the remote no longer has. A key that leads outside `folder` is refused
-    before anything is written (`vaelab.remote.keys`)."""
+    before anything is written (`vaelab.remote.keys`). durable: fsync each file (`vaelab.files`)."""
     fs, path = open_remote(url, options)
     try:
         listing = fs.find(path, detail=True)
@@ -88,8 +92,7 @@ def sync_down(url: str, folder: Path, choose: Callable[[list[str]], list[str]], 
         raise VaelabError(f"{url}: no run folder there; check the URL (vaelab lists nothing under it)")
     versions = {}
     for name, info in listing.items():
-        relative = name[len(path):]
-        relative = relative[1:] if relative.startswith("/") else relative  # the `/` after the prefix, no more
+        relative = name[len(path):].removeprefix("/")  # the `/` after the prefix, no more
         if relative:
             local_path(folder, relative, url)  # raises for `../` or an absolute key
         if relative and relative != HEARTBEAT and not relative.startswith("."):
@@ -100,7 +103,7 @@ def sync_down(url: str, folder: Path, choose: Callable[[list[str]], list[str]], 
             target = folder / relative  # checked above, before anything was written
             if known.get(relative) == versions[relative] and target.is_file():
                 continue
-            with atomic_path(target) as temporary:
+            with atomic_path(target, durable) as temporary:
                 fs.get_file(f"{path}/{relative}", str(temporary))
             known[relative] = versions[relative]
     except Exception as error:

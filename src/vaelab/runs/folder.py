@@ -3,7 +3,9 @@ a new folder, finding the one to resume, and its config.
 
 A folder is named by its start time (`2026-11-26_21h33m47s`, optionally `_<run.name>`) and never
 reused. `--resume auto` continues the newest unfinished run with the same config: under run.root,
-or, with run.remote, one found only on the remote (`vaelab.remote.mirror`), fetched first.
+or, with run.remote, one found only on the remote (`vaelab.remote.mirror`), fetched first. A
+run.json that is there but unreadable is not a missing one: that run is continued with a warning
+(`find_resumable`), never passed over for a new run beside it.
 
 metrics.jsonl has one JSON object per epoch (its keys: `vaelab.train.trainer`), appended and
 fsynced line by line. `read_metrics` is the package's one reader of it (and of the same format
@@ -65,14 +67,39 @@ class RunFolder:
     # --- run.json ----------------------------------------------------------------------------
 
     def read_status(self) -> dict:
-        """run.json's fields; empty when it is missing or damaged."""
+        """run.json's fields; empty when it is missing or damaged (`status_damage` tells which)."""
         status = read_json(self.status_file)
         return status if isinstance(status, dict) else {}
 
+    def status_damage(self) -> Optional[str]:
+        """What is wrong with run.json when it is there but unreadable (a torn or emptied file, left
+        by a crash of a version that did not fsync it, or by a failing disk); None when it reads,
+        and when it is missing."""
+        try:
+            text = self.status_file.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return None
+        except UnicodeDecodeError:
+            return "is not text"
+        except OSError as error:
+            return f"cannot be read ({error.strerror})"
+        if not text.strip():
+            return "is empty"
+        try:
+            value = json.loads(text)
+        except ValueError:
+            return "is not valid JSON"
+        if not isinstance(value, dict) or not isinstance(value.get("status"), str):
+            return "has no status"
+        return None
+
     def write_status(self, status: str, **fields) -> None:
-        """run.json: `status`, when the run was created (kept from the file), then `fields`. Durable
-        (fsynced): without it a power cut could leave a run that --resume auto no longer finds."""
-        created = self.read_status().get("created", time.time())
+        """run.json: `status`, when the run was created (kept from the file; from the folder's name
+        when the file is damaged), then `fields`. The one writer of run.json. Durable (fsynced):
+        without it a power cut could leave a run that --resume auto no longer finds."""
+        created = self.read_status().get("created")
+        if created is None:
+            created = (started_at(self.path.name) if self.status_file.exists() else None) or time.time()
         write_json(self.status_file, {"status": status, "created": created, **fields}, durable=True)
 
     # --- the lock ----------------------------------------------------------------------------
@@ -112,6 +139,15 @@ class RunFolder:
 
     def trim_metrics(self, epochs_done: int) -> None:
         trim_metrics(self.metrics_file, epochs_done)
+
+
+def started_at(folder_name: str) -> Optional[float]:
+    """The start time in a run folder's name (`2026-11-26_21h33m47s[_name]`), local time; None if
+    the name has none."""
+    try:
+        return time.mktime(time.strptime(folder_name[:20], STAMP))
+    except (ValueError, OverflowError):
+        return None
 
 
 def lock_run(run_dir: Path):
@@ -238,11 +274,21 @@ def find_resumable(config: Config, log=lambda message: print(message, file=sys.s
     A remote run that says running may be trained on another machine: see `trained_elsewhere`."""
     root, wanted, r = Path(config.run.root), identity(config), config.run
     found = []
-    for folder in root.iterdir() if root.is_dir() else ():
+    for folder in sorted(root.iterdir()) if root.is_dir() else ():
         if folder.name.startswith("."):  # a download in progress (`vaelab.remote.fetch.download_run`)
             continue
         run = RunFolder(folder)
         status = run.read_status()
+        damage = None if status else run.status_damage()
+        if damage is not None and same_run(run.config_file, wanted) and not run.is_locked():
+            # Not the same as no run.json: this is our run, and only its status is lost. Passing it
+            # over would start a new run beside it. Its checkpoints say where it stopped, so it is
+            # continued (a finished one then ends at once); the resume writes a new run.json.
+            log(f"warning: {run.status_file} {damage}, so the run's status is unknown; its config is this one, "
+                f"so --resume auto continues it from its checkpoints and writes a new run.json (to start a new run "
+                f"instead, move {folder} out of {root})")
+            found.append((started_at(folder.name) or 0.0, folder.name, folder, {}))
+            continue
         if not status or status.get("status") in NOT_RESUMABLE or not same_run(run.config_file, wanted):
             continue
         if not run.is_locked():
