@@ -19,7 +19,7 @@ from vaelab.experiments.evaluate import EVALUATION_FILE, Totals, evaluate_run, p
 
 LATENT = 6
 # What a vector run's evaluation holds: the same keys as before the spatial and vq families.
-VECTOR_KEYS = {"run", "checkpoint", "epoch", "split", "data", "images", "skipped", "recon", "kl", "elbo", "loss",
+VECTOR_KEYS = {"run", "checkpoint", "checkpoint_requested", "checkpoint_note", "epoch", "split", "data", "images", "skipped", "recon", "kl", "elbo", "loss",
                "mse", "psnr", "ssim", "bits_per_dim", "bits_per_dim_note", "real_subpixels", "active_units",
                "latent", "kl_per_dim", "units", "seed", "time_s", "file"}
 
@@ -186,6 +186,26 @@ def test_evaluate_command_line(trained, capsys):
     cli.main(["evaluate", str(trained), "--json", "--device", "cpu"])
     result = json.loads(capsys.readouterr().out)
     assert result["latent"] == LATENT and "psnr" in result
+
+
+def test_a_run_without_best_pt_is_evaluated_with_last_pt_and_says_so(trained, tmp_path, capsys):
+    """load_run(checkpoint="best") used last.pt without a word, and evaluate recorded its numbers
+    as the run's own. Now the file used, what was asked for and why they differ are recorded,
+    and said on stderr."""
+    from vaelab import cli
+
+    copy = shutil.copytree(trained, tmp_path / "run")
+    (copy / "checkpoints" / "best.pt").unlink()
+    (copy / EVALUATION_FILE).unlink(missing_ok=True)
+    cli.main(["evaluate", str(copy), "--json", "--device", "cpu"])
+    captured = capsys.readouterr()
+    note = f"{copy}: no best.pt (no epoch has ended with a finite loss yet), so last.pt is used, after 2 completed epoch(s)"
+    assert f"warning: {note}" in captured.err.splitlines()
+    result = json.loads(captured.out)
+    assert (result["checkpoint"], result["checkpoint_requested"], result["checkpoint_note"]) == ("last.pt", "best", note)
+    assert json.loads((copy / EVALUATION_FILE).read_text())["checkpoint_note"] == note
+    own = evaluate_run(trained, device="cpu")  # with its best.pt: nothing to say
+    assert (own["checkpoint"], own["checkpoint_requested"], own["checkpoint_note"]) == ("best.pt", "best", None)
 
 
 # --------------------------------------------------------------------------------------------

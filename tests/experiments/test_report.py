@@ -212,6 +212,14 @@ def test_latent_diagnostics_from_evaluation_json(tmp_path):
     assert "checkpoint best.pt, epoch 5" in text and "runs/r" not in text  # bookkeeping left out
     assert "vaelab evaluate" not in text
 
+    # A run evaluated without best.pt: the page says which checkpoint the numbers are of, and why.
+    note = "runs/f: no best.pt (no epoch has ended with a finite loss yet), so last.pt is used, after 0 completed epoch(s)"
+    fallback = make_run(tmp_path, "f", evaluation={**evaluation, "checkpoint": "last.pt", "epoch": 0,
+                                                   "checkpoint_requested": "best", "checkpoint_note": note})
+    page = Page(write_report([fallback], tmp_path / "fallback.html").read_text())
+    assert f"checkpoint last.pt ({note}), epoch 0" in page.plain
+    assert not [row for row in page.rows if row and row[0].startswith("checkpoint")]
+
 
 def test_missing_and_broken_files_make_sections_not_available(tmp_path):
     started = tmp_path / "started"  # only a config: no epoch finished yet

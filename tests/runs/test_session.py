@@ -57,7 +57,9 @@ def test_run_folder_holds_everything(setup):
     assert METRIC_KEYS <= set(records[0])
     assert records[-1]["step"] == 18 and records[-1]["val_psnr"] > 0 and 0 < records[-1]["val_mse"] < 1
     assert json.loads((run_dir / "run.json").read_text())["status"] == "finished"
-    assert json.loads((run_dir / "env.json").read_text())["parameters"] > 0
+    env = json.loads((run_dir / "env.json").read_text())
+    assert env["parameters"] > 0 and (env["precision"], env["amp"]) == ("float32", "auto") and "resumes" not in env
+    assert "precision float32 (train.amp auto)" in (run_dir / "log.txt").read_text()
     # periodic every 2 epochs plus the final epoch, keeping only 1; plus last, last-epoch and best
     names = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
     assert names == ["best.pt", "epoch-0003.pt", "last-epoch.pt", "last.pt"]
@@ -241,6 +243,11 @@ def test_a_config_that_cannot_train_gets_no_run_folder(setup):
     with pytest.raises(VaelabError, match="bce needs targets in \\[0, 1\\]"):
         train_run(load_config(config_path, ["loss.reconstruction=bce", "model.output_activation=sigmoid",
                                             "data.scale=standardize"]))
+    for amp in ("bf16", "fp16"):  # asked for explicitly: not trained in float32 under a config that says otherwise
+        with pytest.raises(VaelabError) as error:
+            train_run(load_config(config_path, ["train.device=cpu", f"train.amp={amp}"]))
+        assert str(error.value) == (f"train.amp: {amp} is mixed precision for CUDA GPUs and this run trains on cpu; "
+                                    "set train.amp: auto (float32 here) or off")
     assert not (tmp_path / "runs").exists()
 
 
@@ -253,6 +260,9 @@ def test_train_command_resumes_with_more_epochs(setup):
     assert train_command(None, ["train.epochs=2"], resume=str(run_dir)) == run_dir  # overrides the run's config
     assert [r["epoch"] for r in metrics(run_dir)] == [1, 2]
     assert load_config(run_dir / "config.yaml").train.epochs == 2
+    # where, and in which precision, the run went on: a resume may be on another machine
+    (resumed,) = json.loads((run_dir / "env.json").read_text())["resumes"]
+    assert resumed["epoch"] == 1 and (resumed["device"], resumed["precision"], resumed["amp"]) == ("cpu", "float32", "auto")
     with pytest.raises(VaelabError, match="different config: train.lr"):
         train_command(None, ["train.lr=0.1"], resume=str(run_dir))
     with pytest.raises(VaelabError, match="not a run folder"):

@@ -13,7 +13,7 @@ import vaelab.train.trainer
 from vaelab.config import load_config
 from vaelab.model import build_model
 from vaelab.runs.checkpoints import load_state
-from vaelab.train.device import amp_dtype, select_device
+from vaelab.train.device import amp_dtype, precision_name, select_device
 from vaelab.train.evaluation import reconstruction_grid
 from vaelab.train.guard import Guard
 from vaelab.train.trainer import Trainer
@@ -111,9 +111,11 @@ def test_device_and_precision_choice():
     assert select_device("auto").type in ("cuda", "mps", "cpu")
     with pytest.raises(vaelab.errors.VaelabError, match="train.device"):
         select_device("tpu")
-    with pytest.warns(UserWarning, match="float32"):
-        assert amp_dtype("fp16", torch.device("cpu")) is None
-    assert amp_dtype("auto", torch.device("cpu")) is None
+    for amp in ("bf16", "fp16"):  # an explicit request that cannot be met is an error, not a warning
+        with pytest.raises(vaelab.errors.VaelabError, match=f"^train.amp: {amp} is mixed precision for CUDA GPUs"):
+            amp_dtype(amp, torch.device("cpu"))
+    assert amp_dtype("auto", torch.device("cpu")) is None and amp_dtype("off", torch.device("cpu")) is None
+    assert (precision_name(None), precision_name(torch.bfloat16)) == ("float32", "bfloat16")
 
 
 def test_mixed_precision_paths_run_on_cpu(config_path):

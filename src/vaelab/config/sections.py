@@ -280,7 +280,8 @@ class TrainConfig(Section):
     device: str = Field("auto", description="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps",
                         json_schema_extra=role(EXECUTION))
     amp: Literal["auto", "off", "bf16", "fp16"] = Field(
-        "auto", description="mixed precision on GPU; auto = bf16 where the GPU has it; always off on CPU",
+        "auto", description="mixed precision on CUDA GPUs; auto = bf16 where the GPU has it, else float32 "
+                "(always on CPU); an explicit bf16 or fp16 that this machine cannot run is an error",
         json_schema_extra=role(EXECUTION),
     )
     channels_last: Union[Literal["auto"], bool] = Field(

@@ -130,7 +130,9 @@ def evaluate_run(run_dir: Union[str, Path], config_path: Optional[Path] = None,
 
     The result goes to evaluation.json for the run's own validation split with the best
     checkpoint, else to evaluation-<hash>.json, so that evaluating on other data never replaces
-    the run's own numbers. result["file"] says which.
+    the run's own numbers. result["file"] says which. A run with no best.pt yet is evaluated with
+    last.pt: `checkpoint` names the file used, and `checkpoint_note` (null otherwise) and a warning
+    on stderr say so.
     """
     from vaelab.files import read_json, write_json
     from vaelab.runs.checkpoints import load_state
@@ -166,7 +168,10 @@ def evaluate_run(run_dir: Union[str, Path], config_path: Optional[Path] = None,
     name = EVALUATION_FILE if own else "evaluation-" + hashlib.sha256(
         json.dumps([described, data.val_fraction, split, checkpoint], sort_keys=True).encode()).hexdigest()[:8] + ".json"
     result = {
-        "run": str(run_dir), "checkpoint": run.checkpoint.name, "epoch": run.epoch, "split": split,
+        # checkpoint: the file evaluated; checkpoint_requested: what was asked for; checkpoint_note: why
+        # they differ (a run with no best.pt yet), else null.
+        "run": str(run_dir), "checkpoint": run.checkpoint.name, "checkpoint_requested": checkpoint,
+        "checkpoint_note": run.note, "epoch": run.epoch, "split": split,
         "data": described, "images": totals.images, "skipped": len(loader.skipped),
         **result, "seed": config.train.seed, "time_s": round(time.monotonic() - started, 3),
         "file": str(run_dir / name),

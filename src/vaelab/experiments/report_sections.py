@@ -35,7 +35,7 @@ LEGEND_CHARS = 60  # a longer run label is cut short in plot legends
 EPOCH_FILE = re.compile(r"^epoch-(\d+)\.png$")
 # evaluation.json: what was evaluated (said in one line), and bookkeeping the page leaves out.
 CONTEXT_KEYS = ("checkpoint", "epoch", "split", "images", "skipped")
-HIDDEN_KEYS = frozenset({"run", "file", "seed", "time_s", "real_subpixels"})
+HIDDEN_KEYS = frozenset({"run", "file", "seed", "time_s", "real_subpixels", "checkpoint_requested"})
 
 
 def esc(value: object) -> str:
@@ -266,7 +266,9 @@ def latent_section(run: Run) -> str:
                 "then rerun the report.</p>")
     # What was evaluated in one line, then every other scalar evaluate wrote, in its order, with
     # its unit or note (e.g. why bits/dim is null); keys it may add later show up too.
-    context = ", ".join(f"{k} {evaluation[k]}" for k in CONTEXT_KEYS if k in evaluation)
+    # checkpoint_note: the numbers are not of the checkpoint asked for (a run with no best.pt); said beside it.
+    said = {"checkpoint": f" ({evaluation['checkpoint_note']})" if evaluation.get("checkpoint_note") else ""}
+    context = ", ".join(f"{k} {evaluation[k]}{said.get(k, '')}" for k in CONTEXT_KEYS if k in evaluation)
     units = evaluation.get("units") if isinstance(evaluation.get("units"), dict) else {}
     shown = lambda v: format_number(v) if isinstance(v, float) else "—" if v is None else v  # noqa: E731
     rows = "".join(f"<tr><td>{esc(k)}</td><td>{esc(shown(v))}</td>"

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Union
@@ -38,6 +39,7 @@ class LoadedRun:
     checkpoint: Path
     epoch: int
     device: torch.device
+    note: Optional[str] = None  # why `checkpoint` is not the one asked for (a run without best.pt)
 
     @property
     def data(self):
@@ -62,7 +64,10 @@ class LoadedRun:
 
 
 def load_run(run_dir: Union[str, Path], checkpoint: str = "best", device: str = "cpu") -> LoadedRun:
-    """`vae = load_run("runs/...")`: the best weights (or `checkpoint="last"`), ready to use."""
+    """`vae = load_run("runs/...")`: the best weights (or `checkpoint="last"`), ready to use.
+
+    A run with no best.pt yet (no epoch has ended with a finite loss) gives last.pt instead, and
+    says so: a warning, and `note` on the result, which `vaelab evaluate` records."""
     run_dir = Path(run_dir)
     config = resume_config(run_dir, None)
     folder = RunFolder(run_dir).checkpoints
@@ -76,4 +81,10 @@ def load_run(run_dir: Union[str, Path], checkpoint: str = "best", device: str = 
     model = build_model(config.model, config.data.size)
     model.load_state_dict(inference_weights(state))
     model.to(target).eval()
-    return LoadedRun(run_dir, config, model, path, state["progress"]["epoch"], target)
+    epoch = state["progress"]["epoch"]
+    note = None
+    if path.name != names[0]:
+        note = (f"{run_dir}: no {names[0]} (no epoch has ended with a finite loss yet), so {path.name} is used, "
+                f"after {epoch} completed epoch(s)")
+        warnings.warn(note, stacklevel=2)
+    return LoadedRun(run_dir, config, model, path, epoch, target, note)

@@ -17,8 +17,9 @@ import numpy as np
 import torch
 
 import vaelab
-from vaelab.files import write_json, write_text
+from vaelab.files import read_json, write_json, write_text
 from vaelab.model import AnyModel, count_parameters
+from vaelab.train.device import precision_name
 from vaelab.train.trainer import Trainer
 
 
@@ -64,10 +65,25 @@ def environment(device: torch.device, model: AnyModel, trainer: Trainer) -> dict
         "torch": torch.__version__, "cuda": torch.version.cuda, "numpy": np.__version__,
         "pydantic": pydantic.__version__, "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu,
-        "precision": str(trainer.amp) if trainer.amp else "float32", "cpu_count": os.cpu_count(),
+        "precision": precision_name(trainer.amp), "amp": trainer.config.train.amp, "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(), "hostname": platform.node(), "argv": sys.argv,
         "parameters": count_parameters(model),
     }
+
+
+def record_environment(env_file: Path, device: torch.device, model: AnyModel, trainer: Trainer) -> None:
+    """env.json: the environment of the run's start; a resume adds where and in which precision it
+    went on under `resumes`, since that may differ (another machine, or train.amp auto on a GPU
+    without bf16), and the numbers after it were computed there."""
+    env = read_json(env_file)
+    current = environment(device, model, trainer)
+    if not isinstance(env, dict):  # a fresh run, or one killed before its env.json was written
+        write_json(env_file, current)
+        return
+    keys = ("device", "device_name", "precision", "amp", "hostname", "torch", "cuda")
+    resume = {"epoch": trainer.epoch, **{k: current[k] for k in keys}}
+    env["resumes"] = [*env.get("resumes", []), resume]
+    write_json(env_file, env)
 
 
 def rss_mb() -> Optional[float]:

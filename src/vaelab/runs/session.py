@@ -50,10 +50,10 @@ from vaelab.remote.mirror import RunMirror, check_remote, claim_name
 from vaelab.runs.checkpoints import LAST, CheckpointFolder, LowDisk
 from vaelab.runs.folder import RunFolder, create_run_dir, find_resumable, resume_config
 from vaelab.runs.mlflow import require_mlflow
-from vaelab.runs.provenance import environment, snapshot_source
+from vaelab.runs.provenance import environment, record_environment, snapshot_source
 from vaelab.runs.recorder import RankCallbacks, Recorder, RunLog, write_status
 from vaelab.train import distributed
-from vaelab.train.device import select_device
+from vaelab.train.device import amp_dtype, precision_name, select_device
 from vaelab.train.losses import check_scaling
 from vaelab.train.rng import isolated, seed_everything
 from vaelab.train.trainer import Trainer
@@ -84,6 +84,7 @@ def train_run(config: Optional[Config] = None, resume: Union[Path, str, None] = 
                 check_diffusers_folder(build_model(config.model, config.data.size), config.model.init_from)
             require_mlflow(config.run)
             check_batch_split(config, world)
+            amp_dtype(config.train.amp, select_device(config.train.device))  # an explicit bf16/fp16 it cannot run
             if config.run.remote and world.main:
                 check_remote(config.run.remote, config.run.remote_options)
         run_dir, config, fresh = distributed.share(lambda: open_run(config, resume))
@@ -189,7 +190,7 @@ def train_in(run: RunFolder, config: Config, fresh: bool, progress: Optional[boo
     trainer = Trainer(config, model, device)
     processes = f"; {world.size} processes (data-parallel, {config.train.batch_size // world.size} images each per batch)"
     log(f"model: {count_parameters(model):,} parameters; device {device}; "
-        f"precision {str(trainer.amp).removeprefix('torch.') if trainer.amp else 'float32'}"
+        f"precision {precision_name(trainer.amp)} (train.amp {config.train.amp})"
         f"{processes if world.parallel else ''}")
     r = config.run
     checkpoints = None
@@ -215,6 +216,8 @@ def train_in(run: RunFolder, config: Config, fresh: bool, progress: Optional[boo
             repair_after_kill(checkpoints, trainer, r.checkpoint_every)
             run.trim_metrics(trainer.epoch)
         log(f"resumed at epoch {trainer.epoch + 1}, batch {trainer.batch} (step {trainer.step})")
+    if world.main and not fresh:
+        record_environment(run.env_file, device, model, trainer)  # where, and in which precision, it goes on
     recorder = None  # the other ranks record nothing: `RankCallbacks` without a recorder
     if world.main:
         recorder = Recorder(run, config, checkpoints, log, fixed_batch(val_loader or train_loader, r.images))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from typing import Optional
 
 import torch
@@ -28,10 +27,16 @@ def select_device(name: str) -> torch.device:
 
 
 def amp_dtype(setting: str, device: torch.device) -> Optional[torch.dtype]:
-    """The autocast dtype, or None for float32. Mixed precision is for CUDA only."""
+    """The autocast dtype, or None for float32. Mixed precision is for CUDA only.
+
+    An explicit bf16 or fp16 that this machine cannot run is an error, as an explicit train.device
+    that is not there is: training in float32 instead would be a different run (other speed,
+    memory and numbers) recorded under a config that says otherwise. `auto` is the setting that
+    adapts: bf16 where the GPU has it, else float32."""
     if device.type != "cuda":
         if setting in ("bf16", "fp16"):
-            warnings.warn(f"train.amp: {setting} is for CUDA GPUs; training on {device.type} in float32")
+            raise VaelabError(f"train.amp: {setting} is mixed precision for CUDA GPUs and this run trains on "
+                              f"{device.type}; set train.amp: auto (float32 here) or off")
         return None
     if setting == "off":
         return None
@@ -42,3 +47,8 @@ def amp_dtype(setting: str, device: torch.device) -> Optional[torch.dtype]:
     if setting == "bf16":
         raise VaelabError("train.amp: this GPU has no bf16; set train.amp: fp16 or off")
     return None  # auto on an old GPU: float32 rather than fp16's overflow handling
+
+
+def precision_name(dtype: Optional[torch.dtype]) -> str:
+    """What the log and env.json say ran: bfloat16, float16 or float32."""
+    return str(dtype).removeprefix("torch.") if dtype is not None else "float32"
