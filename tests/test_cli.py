@@ -50,6 +50,26 @@ def test_demo_stats_and_preview(tmp_path, capsys):
     assert (width - 2) % (24 + 2) == 0 and (height - 2) % (40 + 2) == 0  # whole 40x24 tiles
 
 
+def test_stats_show_the_top_sources_and_sum_the_rest(tmp_path, capsys, monkeypatch):
+    images = tmp_path / "images"
+    images.mkdir()
+    rows = []
+    for i in range(45):  # one image per source: 45 sources, 20 of them shown
+        Image.new("RGB", (8, 6)).save(images / f"{i}.png")
+        rows.append({"file": f"{i}.png", "width": 8, "height": 6, "tags": ["x"], "source": f"source-{i:02d}"})
+    (tmp_path / "meta.json").write_text(json.dumps(rows))
+    source = [f"--set=data.images={images}", f"--set=data.metadata={tmp_path / 'meta.json'}"]
+    monkeypatch.setenv("COLUMNS", "120")  # rich draws the tables to the terminal's width
+    status, out, _ = run(capsys, "data", "stats", *source, "--set", "data.filter.exclude_sources=[source-00]")
+    assert status == 0
+    shown = [line for line in out.splitlines() if "source-" in line]
+    assert len(shown) == 20 and "source-00" not in " ".join(shown)  # the top ones by selected images
+    cells = [[cell.strip() for cell in line.split("│")[1:4]] for line in out.splitlines()]
+    assert ["(25 more sources)", "25", "24"] in cells  # 25 sources, 24 of them kept by the filter
+    status, out, _ = run(capsys, "data", "stats", *source, "--json")
+    assert len(json.loads(out)["before"]["sources"]) == 45  # the JSON keeps them all
+
+
 def test_index_reports_bad_files_and_writes_report(photo_folder, tmp_path, capsys, monkeypatch):
     (photo_folder / "studio-a" / "set-0" / "zero.jpg").write_bytes(b"")
     (photo_folder / "studio-a" / "set-0" / "letter.jpg").write_text("Dear user, this is not a photo.")

@@ -3,7 +3,7 @@ import pytest
 
 from vaelab.config import FilterConfig
 from vaelab.data.metadata import from_records
-from vaelab.data.select import counts, select, split
+from vaelab.data.select import counts, select, split, top_counts
 from vaelab.errors import VaelabError
 
 
@@ -70,3 +70,17 @@ def test_counts(metadata):
     assert everything["sources"] == {"a": 2, "b": 1, "wm": 1, "(none)": 1}
     some = counts(metadata, select(metadata, FilterConfig(include=["duo"])))
     assert some["images"] == 2 and some["tags"] == {"duo": 2, "sitting": 1, "standing": 1}
+
+
+def test_top_counts_show_the_top_ones_and_sum_the_rest():
+    # 3,000 distinct sources printed 3,000 rows' worth of names; the table keeps 20 and one row for the rest.
+    before = {f"source-{i}": 3000 - i for i in range(3000)}
+    after = {"source-2999": 5, "source-0": 2}  # the filter keeps images of two sources: those lead
+    rows = top_counts(before, after, 20, "sources")
+    assert len(rows) == 21
+    assert rows[:3] == [("source-2999", 1, 5), ("source-0", 3000, 2), ("source-1", 2999, 0)]
+    assert rows[-1] == ("(2,980 more sources)", sum(before.values()) - sum(r[1] for r in rows[:20]), 0)
+    assert sum(r[1] for r in rows) == sum(before.values()) and sum(r[2] for r in rows) == 7
+    assert top_counts({"a": 2, "b": 1}, {"a": 2, "b": 1}, 20, "tags") == [("a", 2, 2), ("b", 1, 1)]
+    assert len(top_counts({f"t{i}": 1 for i in range(21)}, {}, 20, "tags")) == 21  # no "1 more" row
+    assert len(top_counts({f"t{i}": 1 for i in range(5)}, {}, None, "orientation")) == 5

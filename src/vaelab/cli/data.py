@@ -71,7 +71,8 @@ def data_index(images_dir: Path, out: Optional[Path], workers: Optional[int], fo
 @SET_OPTION
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (with total and selected).")
 def data_stats(config_path: Optional[Path], overrides: tuple[str, ...], as_json: bool) -> None:
-    """Counts per tag, orientation and source, before and after data.filter."""
+    """Counts per tag, orientation and source, before and after data.filter. The tables show the 20
+    sources and 30 tags that keep the most images and sum the rest in one row; --json has them all."""
     import numpy as np
 
     from vaelab.data.collection import load_collection
@@ -96,25 +97,28 @@ def data_stats(config_path: Optional[Path], overrides: tuple[str, ...], as_json:
     print_stats(result, metadata.origin)
 
 
+STATS_ROWS = {"orientation": None, "sources": 20, "tags": 30}  # rows per table; the rest are summed in one row
+
+
 def print_stats(result: dict, origin: str) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
+
+    from vaelab.data.select import top_counts
 
     console = Console()
     console.print(
         f"[bold]{origin}[/]: {result['total']} images, {result['selected']} selected "
         f"({result['train']} train, {result['val']} val), {result['skipped']} skipped rows/files"
     )
-    for group, limit in (("orientation", None), ("sources", 20), ("tags", 30)):
+    for group, limit in STATS_ROWS.items():
         table = Table(title=group, title_justify="left")
         table.add_column(group[:-1] if group.endswith("s") else group)
         table.add_column("before", justify="right")
         table.add_column("after", justify="right")
-        before, after = result["before"][group], result["after"][group]
-        for name in list(before)[:limit]:
-            table.add_row(name, str(before[name]), str(after.get(name, 0)))
-        if limit and len(before) > limit:
-            table.add_row(f"... {len(before) - limit} more", "", "")
+        for name, before, after in top_counts(result["before"][group], result["after"][group], limit, group):
+            table.add_row(escape(name), str(before), str(after))  # names are user data: "[x]" is no markup
         console.print(table)
 
 

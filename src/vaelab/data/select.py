@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 
@@ -58,6 +58,19 @@ def select(metadata: Metadata, rules: FilterConfig) -> np.ndarray:
         dropped = np.flatnonzero(np.isin(metadata.source_names, np.array(rules.exclude_sources, dtype=str)))
         keep &= ~np.isin(metadata.source_ids, dropped)
     return np.flatnonzero(keep)
+
+
+def top_counts(before: dict[str, int], after: dict[str, int], limit: Optional[int],
+               noun: str) -> list[tuple[str, int, int]]:
+    """The rows of a stats table: (name, images before the filter, images after it) of the `limit`
+    names that keep the most images (then had the most before), and one row that sums the rest, so
+    that 3,000 sources print 21 rows and the counts still add up. `counts` keeps them all (--json)."""
+    names = sorted(before, key=lambda name: (-after.get(name, 0), -before[name]))
+    rows = [(name, before[name], after.get(name, 0)) for name in names]
+    if limit is None or len(rows) <= limit + 1:  # a "1 more" row would take a row to save none
+        return rows
+    rest = rows[limit:]
+    return rows[:limit] + [(f"({len(rest):,} more {noun})", sum(r[1] for r in rest), sum(r[2] for r in rest))]
 
 
 def split_fraction(paths: np.ndarray) -> np.ndarray:
