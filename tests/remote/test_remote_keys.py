@@ -1,4 +1,5 @@
-"""vaelab.remote.keys: a store's keys never become local paths outside the local folder."""
+"""vaelab.remote.keys: a store's keys never become local paths outside the local folder. (Not test_keys.py:
+pytest would take it for tests/config/test_keys.py, as the test folders are not packages.)"""
 
 from __future__ import annotations
 

@@ -8,6 +8,7 @@ itself at a chosen point, so the library carries no test hooks.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -225,6 +226,11 @@ def test_auto_resume_continues_a_run_whose_run_json_is_damaged_and_says_so(setup
     status = json.loads((run_dir / "run.json").read_text())
     assert status["status"] == "finished" and status["epoch"] == 3  # finished already: it ends at once
     assert status["created"] == started_at(run_dir.name)  # the lost creation time, from the folder's name
+
+    # Only the run it continues is warned about: a newer unfinished run goes first, without a word.
+    (run_dir / "run.json").write_text("")
+    newer = fake_run(tmp_path / "runs", config, "interrupted", time.time() + 60, "9999-01-01_00h00m00s")
+    assert find_resumable(config, log=lambda message: pytest.fail(message)) == newer
 
 
 def test_tensorboard_events_or_a_note(setup):

@@ -284,10 +284,7 @@ def find_resumable(config: Config, log=lambda message: print(message, file=sys.s
             # Not the same as no run.json: this is our run, and only its status is lost. Passing it
             # over would start a new run beside it. Its checkpoints say where it stopped, so it is
             # continued (a finished one then ends at once); the resume writes a new run.json.
-            log(f"warning: {run.status_file} {damage}, so the run's status is unknown; its config is this one, "
-                f"so --resume auto continues it from its checkpoints and writes a new run.json (to start a new run "
-                f"instead, move {folder} out of {root})")
-            found.append((started_at(folder.name) or 0.0, folder.name, folder, {}))
+            found.append((started_at(folder.name) or 0.0, folder.name, folder, {"damage": damage}))
             continue
         if not status or status.get("status") in NOT_RESUMABLE or not same_run(run.config_file, wanted):
             continue
@@ -300,6 +297,10 @@ def find_resumable(config: Config, log=lambda message: print(message, file=sys.s
                 found.append((status.get("created", 0.0), name, None, status))
     for _, name, folder, status in sorted(found, key=lambda item: item[:2], reverse=True):
         if folder is not None:
+            if "damage" in status:
+                log(f"warning: {folder / 'run.json'} {status['damage']}, so the run's status is unknown; its config "
+                    f"is this one, so --resume auto continues it from its checkpoints and writes a new run.json (to "
+                    f"start a new run instead, move {folder} out of {root})")
             return folder
         if not (maybe_alive(status) and trained_elsewhere(r.remote, r.remote_options, name, status, log)):
             return download_run(r.remote, r.remote_options, name, root)
