@@ -7,6 +7,14 @@ import re
 import time
 from typing import TYPE_CHECKING, Optional
 
+# At import, not lazily in ProgressBar: importing rich draws from Python's global `random`
+# (rich.style seeds its id counter with getrandbits), and a run restores that RNG from its
+# checkpoint before the bar is made, so a lazy import moved it once per resume and a resumed
+# run's checkpoints no longer matched an uninterrupted run's (benchmarks/kill_resume.py found it).
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn
+from rich.table import Column
+
 if TYPE_CHECKING:
     from vaelab.train.trainer import Trainer
 
@@ -52,10 +60,6 @@ class ProgressBar:
     when stderr is not a terminal (logs and CI get the per-epoch summary lines instead)."""
 
     def __init__(self, enabled: Optional[bool], epochs: int, per_epoch: int, done: int, console=None):
-        from rich.console import Console
-        from rich.progress import BarColumn, Progress, TextColumn
-        from rich.table import Column
-
         self.console = console if console is not None else Console(stderr=True)
         self.enabled = self.console.is_terminal if enabled is None else enabled
         self.epochs, self.per_epoch = epochs, per_epoch
