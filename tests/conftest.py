@@ -12,6 +12,21 @@ from PIL import Image
 torch.set_num_threads(1)
 
 
+def pytest_terminal_summary(terminalreporter):
+    """Every skip reason with its count, at the end of every run (also under -q): a missing browser
+    or data set must not pass unnoticed. The reasons of `optional.needs` say how to get it."""
+    reasons: dict[str, int] = {}
+    for report in terminalreporter.stats.get("skipped", []):
+        if isinstance(report.longrepr, tuple):  # (file, line, "Skipped: reason")
+            reason = report.longrepr[2].removeprefix("Skipped: ")
+            reasons[reason] = reasons.get(reason, 0) + 1
+    if not reasons:
+        return
+    terminalreporter.section("skipped: what is missing and how to get it", yellow=True)
+    for reason, count in sorted(reasons.items(), key=lambda item: -item[1]):
+        terminalreporter.line(f"{count} test(s): {reason}")
+
+
 @pytest.fixture(autouse=True)
 def isolated_cache(tmp_path_factory, monkeypatch):
     """Every test gets its own cache folder, so none sees another's (or the user's) caches."""

@@ -2,16 +2,16 @@
 
 from pathlib import Path
 
-import pytest
 import torch
+from optional import CCP_FIGURES, needs
 
 from vaelab.config import load_config
 from vaelab.data.collection import load_collection
 from vaelab.data.loader import FittedImages, ImageLoader
 from vaelab.data.scaling import to_model_input
 
-CCP = Path(__file__).resolve().parents[3] / "shared" / "data" / "ccp-figures"
-pytestmark = pytest.mark.skipif(not (CCP / "metadata.json").is_file(), reason="../shared/data/ccp-figures not present")
+CCP = CCP_FIGURES
+pytestmark = needs("ccp-figures")
 
 
 def ccp_config(*overrides):

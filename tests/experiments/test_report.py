@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from optional import CHROMIUM, needs
 from PIL import Image
 
 from vaelab.config import load_config
@@ -311,7 +312,6 @@ def test_report_on_a_real_run(trained_run):
     assert "finished" in page.plain
 
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 def headless(page: Path, profile: Path, *args: str) -> subprocess.CompletedProcess:
@@ -328,7 +328,7 @@ def console_messages(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if ":CONSOLE" in line or "Uncaught" in line]
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (CI installs it: .ci/install-chromium.sh)")
+@needs("chromium")
 def test_report_renders_in_headless_chromium_with_no_console_errors(trained_run, tmp_path):
     # A second, hand-made run beside the real one, in a folder whose name is markup, so the
     # comparison page (labels, config diff) is rendered too.

@@ -131,7 +131,7 @@ def test_two_processes_match_one(tmp_path, two_processes, monkeypatch):
     assert [r["skipped_steps"] for r in metrics(ddp_dir)] == [0, 0, 5, 0, 0, 0]
     assert "rolled back to the weights at the end of epoch 2" in (ddp_dir / "log.txt").read_text()
     # Only rank 0 printed: each epoch line and the run folder once.
-    assert done.stderr.count("epoch 1/6  train loss") == 1, done.stderr
+    assert done.stderr.count("epoch 1/6  recon") == 1, done.stderr
     assert done.stdout.count("run folder:") == 2, done.stdout
     log = (ddp_dir / "log.txt").read_text()
     assert "2 processes (data-parallel, 2 images each per batch)" in log

@@ -289,10 +289,14 @@ class TrainConfig(Section):
         json_schema_extra=role(EXECUTION),
     )
     compile: bool = Field(
-        False, description="torch.compile the training forward pass; pays a compile delay at start, worth it for long GPU runs",
+        False, description="torch.compile the training forward pass; pays a compile delay at start, worth it for long "
+        "GPU runs. It draws eager's noise (inductor's fallback_random): a resume is exact and N processes match one, "
+        "as without compile; its float rounding differs from eager's, so bitwise only when resumed with compile on",
         json_schema_extra=role(EXECUTION),
     )
-    val_batches: Optional[int] = Field(None, ge=1, description="cap on validation batches per epoch; null = all")
+    val_batches: Optional[int] = Field(
+        None, ge=1, description="cap on validation batches per epoch, drawn as a fixed random subset of the validation "
+        "split (seeded by train.seed: the same images every epoch, after a resume and on every rank); null = all")
     ema: Optional[float] = Field(
         None, gt=0.0, lt=1.0, description="decay of an exponential moving average of the weights (e.g. 0.999), "
         "used for validation, the image grids and the model that load_run, evaluate and export read; null = none"

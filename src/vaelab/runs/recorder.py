@@ -26,6 +26,7 @@ from vaelab.runs.mlflow import Tracker, epoch_grids
 from vaelab.runs.provenance import rss_mb
 from vaelab.train import distributed
 from vaelab.train.evaluation import reconstruction_grid, sample_grid
+from vaelab.train.progress import compact
 from vaelab.train.trainer import StopTraining, Trainer
 
 
@@ -121,15 +122,29 @@ class RankCallbacks:
             self.recorder.log(message)
 
 
-def epoch_line(record: dict, epochs: int) -> str:
-    g = lambda key, fmt=".4g": "-" if record.get(key) is None else format(record[key], fmt)  # noqa: E731
-    second = f"commitment {g('train_commitment')}" if "train_commitment" in record else f"kl {g('train_kl')}"
-    line = (f"epoch {record['epoch']}/{epochs}  train loss {g('train_loss')} (recon {g('train_recon')}, "
-            f"{second})  val loss {g('val_loss')}  psnr {g('val_psnr', '.2f')} dB  "
-            f"lr {record['lr']:.3g}  {record['time_s']:.0f} s")
+EPOCH_LINE_WIDTH = 80  # a terminal's usual width: the line goes to stderr (and log.txt) unwrapped
+
+
+def epoch_line(record: dict, epochs: int, width: int = EPOCH_LINE_WIDTH) -> str:
+    """The epoch's summary: the two training losses the journal reads (recon and kl, or commitment),
+    the val loss that picks best.pt, val PSNR, the run's time. Groups that do not fit in `width`
+    columns go on an indented second line (a 1000-epoch run that skipped steps), never wrapped
+    mid-group by the terminal. lr and the rest are in metrics.jsonl."""
+    g = lambda key, fmt=".4g": compact(record.get(key), fmt)  # noqa: E731
+    second = f"commit {g('train_commitment')}" if "train_commitment" in record else f"kl {g('train_kl')}"
+    groups = [f"epoch {record['epoch']}/{epochs}", f"recon {g('train_recon')}", second,
+              f"val {g('val_loss')}", f"psnr {g('val_psnr', '.2f')} dB", f"{record['time_s']:.0f} s"]
     if record["skipped_steps"]:
-        line += f"  skipped {record['skipped_steps']}"
-    return line + ("  *best" if record["best"] else "")
+        groups.append(f"skipped {record['skipped_steps']}")
+    if record["best"]:
+        groups.append("*best")
+    lines = [groups[0]]
+    for group in groups[1:]:
+        if len(lines[-1]) + 2 + len(group) <= width:
+            lines[-1] += "  " + group
+        else:
+            lines.append("    " + group)
+    return "\n".join(lines)
 
 
 class Board:

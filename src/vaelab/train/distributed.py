@@ -55,6 +55,7 @@ from torch import Tensor, nn
 
 from vaelab.errors import VaelabError
 from vaelab.model.contract import VAEOutput
+from vaelab.train.rng import compiled
 
 # Rank 0 may index a large photo folder or write a checkpoint while the others wait in a collective.
 TIMEOUT = timedelta(minutes=float(os.environ.get("VAELAB_DIST_TIMEOUT_MIN", "30")))
@@ -260,7 +261,7 @@ def wrap(model: nn.Module, device: torch.device, compile: bool = False) -> nn.Mo
         nn.SyncBatchNorm.convert_sync_batchnorm(model)  # swaps the children in place; same state_dict keys
     ddp = nn.parallel.DistributedDataParallel(
         GlobalBatchForward(model), device_ids=[device.index] if device.type == "cuda" else None)
-    return torch.compile(ddp) if compile else ddp
+    return compiled(ddp) if compile else ddp
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,6 +1,11 @@
 """What the trainer measures at each epoch end: the validation metrics (val_*) and the two image
 grids, all from `Trainer.eval_model` (the EMA of the weights with train.ema, else the model).
 
+train.val_batches caps validation at that many batches of a fixed random subset of the validation
+split (`validation_subset`): a pure function of train.seed and the split, so it is the same every
+epoch, after a resume and on every data-parallel rank, and val_loss (so best.pt) is judged on
+images drawn from the whole split, not the first ones in metadata order (often one set or tag).
+
 Nothing here moves the training RNG, so measuring cannot disturb an exact resume
 (`vaelab.train.trainer`): validation samples z with its own fixed seed inside `fork_rng` and
 fetches its batches `isolated`, and the sample grid decodes the same fixed noise every epoch.
@@ -32,6 +37,7 @@ All val_* keys are None when there is no validation split.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import TYPE_CHECKING, Optional
 
 import numpy as np
@@ -59,6 +65,18 @@ def keep_padding(shown: torch.Tensor, batch: Batch) -> torch.Tensor:
     return torch.where(real, shown, batch.pixels)
 
 
+VAL_SUBSET_STREAM = 0x76616C  # "val": the subset's RNG stream, apart from the epochs' [seed, epoch] orders
+
+
+def validation_subset(positions: np.ndarray, count: Optional[int], seed: int) -> np.ndarray:
+    """`count` of the split's `positions` drawn at random with `seed`, kept in split order (the cache
+    file is read front to back); all of them when count is None or not smaller."""
+    if count is None or count >= len(positions):
+        return positions
+    chosen = np.random.default_rng([seed, VAL_SUBSET_STREAM]).choice(len(positions), size=count, replace=False)
+    return positions[np.sort(chosen)]
+
+
 @torch.no_grad()
 def validation_metrics(trainer: Trainer, loader: ImageLoader) -> dict:
     """Validation metrics (see the module doc), deterministic: z is sampled with a fixed seed."""
@@ -67,10 +85,14 @@ def validation_metrics(trainer: Trainer, loader: ImageLoader) -> dict:
     beta, scale = config.loss.beta, config.data.scale
     count, recon, kl, commitment, sq_err, real = 0, 0.0, 0.0, 0.0, 0.0, 0.0
     latents = LatentStats()
+    cap = config.train.val_batches
+    if cap is not None:  # a fixed random subset (see the module doc), not the first `cap` batches
+        loader = replace(loader, positions=validation_subset(loader.positions, cap * loader.batch_size,
+                                                             config.train.seed))
     devices = [device.index or 0] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(config.train.seed)
-        for batch in isolated(loader.batches(0, stop=config.train.val_batches)):
+        for batch in isolated(loader.batches(0)):
             inputs = to_model_input(batch, scale, device, trainer.channels_last)
             with trainer.autocast():
                 out = model(inputs.x)

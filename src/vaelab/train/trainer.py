@@ -55,8 +55,9 @@ from vaelab.train.device import amp_dtype
 from vaelab.train.evaluation import validation_metrics
 from vaelab.train.guard import Guard
 from vaelab.train.losses import check_scaling, kl_weight_at, make_log_sigma, vae_loss
+from vaelab.train.optim import load_optimizer, make_optimizer
 from vaelab.train.progress import ProgressBar
-from vaelab.train.rng import capture_rng, isolated, restore_rng
+from vaelab.train.rng import capture_rng, compiled, isolated, restore_rng
 
 STATE_FORMAT = "vaelab-train-state"
 STATE_VERSION = 1
@@ -133,7 +134,7 @@ class Trainer:
         self.amp = amp_dtype(config.train.amp, device)
         # The training step calls `step_model`; `model` stays the plain module, so checkpoints,
         # evaluation and images never see a compiled wrapper's renamed state dict.
-        self.step_model = torch.compile(self.model) if config.train.compile else self.model
+        self.step_model = compiled(self.model) if config.train.compile else self.model
         self.world = distributed.current()
         if self.world.parallel:  # DDP around the global-batch forward; `model` stays plain (see above)
             self.step_model = distributed.wrap(self.model, device, config.train.compile)
@@ -145,8 +146,7 @@ class Trainer:
         self.has_kl = model.family != "vq"  # a quantized latent has a commitment term instead
         self.params = list(model.parameters()) + ([self.log_sigma] if self.log_sigma is not None else [])
         t = config.train
-        optimizer = torch.optim.AdamW if t.optimizer == "adamw" else torch.optim.Adam
-        self.optimizer = optimizer(self.params, lr=t.lr, weight_decay=t.weight_decay)
+        self.optimizer = make_optimizer(self.params, config)  # decay on weights of ndim >= 2 only
         self.ema: Optional[AveragedModel] = None  # train.ema: the averaged weights that evaluation uses
         if t.ema is not None:
             self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(t.ema))
@@ -390,7 +390,7 @@ class Trainer:
     def _load_learned(self, state: dict) -> None:
         """Everything that gradient steps change: weights, optimizer, scaler, log-sigma."""
         self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        load_optimizer(self.optimizer, state["optimizer"], self.params)
         if state["scaler"]:  # empty when saved without fp16
             self.scaler.load_state_dict(state["scaler"])
         if self.log_sigma is not None and state["log_sigma"] is not None:
