@@ -39,7 +39,8 @@ Made for one run on a lent GPU with little time (see gpu_session.sh and RESULTS.
     python benchmarks/gpu_throughput.py [--sizes 640 256] [--batches 640:16,8,32 256:64,32,128]
 
 On a machine without a CUDA GPU it says so and exits with status 2. `--allow-cpu` runs the
-same code on the CPU (float32 only) to check the script, e.g. in the tests.
+same code on the CPU (float32 only: the bf16 setups run with train.amp auto there, since an
+explicit bf16 without CUDA is an error) to check the script, e.g. in the tests.
 Ends with one JSON line: {"benchmark": "gpu_throughput", "rows": [...], "ratios": {...}, ...}.
 Each row has "status": measured, failed (with "error") or skipped (with "error": why).
 """
@@ -128,6 +129,8 @@ def make_config(images: Path, size: int, batch: int, setup: Optional[tuple], dev
                       "data.fields.source=null"]
     if setup is not None:
         amp, channels_last, compile_ = setup
+        if not device.startswith("cuda"):  # --allow-cpu: float32, which `auto` is on a CPU
+            amp = "auto" if amp == "bf16" else amp
         overrides += [f"train.amp={amp}", f"train.channels_last={str(channels_last).lower()}",
                       f"train.compile={str(compile_).lower()}"]
     return load_config(JOURNAL, overrides)
