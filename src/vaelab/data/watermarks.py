@@ -256,7 +256,7 @@ def verdict(score: Optional[float]) -> str:
     return "watermark" if score >= WATERMARK_SCORE else "unclear" if score >= UNCLEAR_SCORE else "clean"
 
 
-def _score_group(task: tuple[list[str], Method]) -> dict:
+def score_group(task: tuple[list[str], Method]) -> dict:
     """Worker: decode a group's sample and score it. Returns small arrays only."""
     paths, method = task
     views, orientations, sizes, failed = [], [], [], []
@@ -362,9 +362,9 @@ def _run(jobs: list, method: Method, workers: int, progress: bool) -> Iterator[d
     total = sum(len(paths) for paths in tasks)
     if workers > 1 and len(tasks) > 1:
         pool = ProcessPoolExecutor(max_workers=min(workers, len(tasks)))
-        outcomes = pool.map(_score_group, tasks)
+        outcomes = pool.map(score_group, tasks)
     else:
-        pool, outcomes = None, map(_score_group, tasks)
+        pool, outcomes = None, map(score_group, tasks)
     try:
         if not progress or total == 0:
             yield from outcomes
