@@ -18,7 +18,7 @@ flagged / stamped sources, precision = stamped sources flagged / all sources fla
 first" needs no threshold: how often the stamped source outscores every clean one of its deal
 (so a baseline whose scores merely sit on another scale is not judged by our threshold alone).
 
-    python benchmarks/watermarks.py [--groups 8] [--repeats 2] [--opacities 0.1 0.15 0.2 0.3]
+    python benchmarks/watermarks.py [--groups 8] [--repeats 3] [--opacities 0.05 0.1 0.15 0.2 0.3]
     python benchmarks/watermarks.py --quick        # a smoke test of the script (seconds)
 
 Ends with one JSON line: {"benchmark": "watermarks", ...}.
@@ -31,6 +31,7 @@ import json
 import os
 import platform
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -195,6 +196,57 @@ def run(args) -> dict:
             "seconds": round(time.perf_counter() - started, 1)}
 
 
+# --------------------------------------------------------------------------------------------
+# Scale: the real command on N images, of which it decodes only the sample
+# --------------------------------------------------------------------------------------------
+
+MEASURE = """
+import resource, subprocess, sys, time
+start = time.perf_counter()
+done = subprocess.run(sys.argv[1:], capture_output=True, text=True)
+seconds = time.perf_counter() - start
+sys.stderr.write(done.stderr[-2000:])
+print(done.returncode, round(seconds, 2), resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss // 1024)
+print(done.stdout.strip().splitlines()[-1] if done.stdout.strip() else "{}")
+"""
+
+
+def scale_run(args, count: int, work: Path, sources: int = 20) -> dict:
+    """`vaelab data watermarks` on `count` images in `sources` sources of 100-image set folders (links to
+    the photos, reused round-robin): first run and cached rerun, each in a fresh process; the time and
+    the largest process's peak RSS (the command's or a worker's)."""
+    records = json.loads((args.images / "metadata.json").read_text(encoding="utf-8"))
+    root = work / f"scale-{count}"
+    rows = []
+    for i in range(count):
+        record = records[i % len(records)]
+        source = f"source-{i % sources:02d}"
+        name = f"{source}/set-{i // (sources * 100):04d}/{i:06d}.jpg"
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        os.symlink((args.images / record["file"]).resolve(), root / name)
+        rows.append({"file": name, "width": record["width"], "height": record["height"], "tags": [], "source": source})
+    (root / "metadata.json").write_text(json.dumps(rows))
+    command = [sys.executable, "-m", "vaelab", "data", "watermarks", "--set", f"data.images={root}",
+               "--set", f"data.metadata={root / 'metadata.json'}", "--set", f"data.cache_dir={work / 'cache'}",
+               "--set", f"data.workers={args.workers}", "--per-source", str(args.per_source),
+               "--out", str(work / "marks"), "--json"]
+    row = {"images": count, "sources": sources}
+    for run_name in ("first", "cached"):
+        done = subprocess.run([sys.executable, "-c", MEASURE, *command], capture_output=True, text=True)
+        status, seconds, rss = done.stdout.splitlines()[0].split()
+        if status != "0":
+            raise SystemExit(f"vaelab data watermarks failed on {count} images: {done.stderr[-1000:]}")
+        result = json.loads(done.stdout.splitlines()[1])
+        row[run_name] = {"seconds": float(seconds), "peak_rss_mb": int(rss),
+                         "decoded": sum(g["sampled"] for g in result["groups"]) if run_name == "first" else 0,
+                         "cached_groups": result["cached_groups"], "flagged": len(result["flagged"])}
+    shutil.rmtree(root)
+    print(f"  scale {count:7d} images: first {row['first']['seconds']:.1f} s, {row['first']['peak_rss_mb']} MB peak, "
+          f"{row['first']['decoded']} decoded; cached rerun {row['cached']['seconds']:.1f} s, "
+          f"{row['cached']['peak_rss_mb']} MB", file=sys.stderr, flush=True)
+    return row
+
+
 def summarise(conditions: list[dict], opacities: list[float]) -> list[dict]:
     rows = []
     for opacity in opacities:
@@ -218,18 +270,21 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=Path, default=SHARED, help="photos with a metadata.json (a JSON list with 'file')")
     parser.add_argument("--groups", type=int, default=8, help="synthetic sources per deal")
-    parser.add_argument("--repeats", type=int, default=2, help="deals of the photos into sources")
-    parser.add_argument("--opacities", type=float, nargs="+", default=[0.10, 0.15, 0.20, 0.30])
+    parser.add_argument("--repeats", type=int, default=3, help="deals of the photos into sources")
+    parser.add_argument("--opacities", type=float, nargs="+", default=[0.05, 0.10, 0.15, 0.20, 0.30])
     parser.add_argument("--anchors", nargs="+", default=list(ANCHORS), choices=list(ANCHORS))
     parser.add_argument("--per-source", type=int, default=wm.PER_GROUP)
     parser.add_argument("--limit", type=int, default=None, help="use only the first N photos")
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
     parser.add_argument("--work", type=Path, default=None, help="folder for the re-encoded photos [default: the temp folder]")
+    parser.add_argument("--scale", type=int, nargs="*", default=[1000, 100_000],
+                        help="also run the command on collections of these many images (links to the photos); "
+                             "--scale alone skips it")
     parser.add_argument("--quick", action="store_true", help="a smoke test: 48 photos, 3 sources of 16, opacity 0.3")
     args = parser.parse_args()
     if args.quick:
         args.limit, args.groups, args.repeats, args.per_source = 48, 3, 1, 16
-        args.opacities, args.anchors = [0.3], ["bottom-right"]
+        args.opacities, args.anchors, args.scale = [0.3], ["bottom-right"], [40]
     if not (args.images / "metadata.json").is_file():
         print(f"error: {args.images / 'metadata.json'}: not found; pass --images with a folder of photos and "
               "its metadata.json", file=sys.stderr)
@@ -238,6 +293,11 @@ def main() -> int:
           f"photos judged per source, opacities {args.opacities}, anchors {args.anchors}", file=sys.stderr)
     result = run(args)
     rows = summarise(result["conditions"], args.opacities)
+    work = Path(tempfile.mkdtemp(prefix="vaelab-watermarks-scale-", dir=args.work))
+    try:
+        scale = [scale_run(args, count, work, sources=2 if args.quick else 20) for count in args.scale]
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     print(f"\nthreshold: score >= {wm.WATERMARK_SCORE:g}; {len(result['null']['ours'])} clean sources with no stamp in any "
           f"source: vaelab max {max(result['null']['ours']):.2f}, raw median max {max(result['null']['baseline']):.2f}")
     header = ("| opacity | stamped sources | clean sources | method | precision | recall | FP | ranked first "
@@ -252,10 +312,17 @@ def main() -> int:
                   f"{m['recall']:.2f} | {m['false_positives']} | {m['ranked_first']:.2f} | "
                   f"{m['stamped_min']:.1f} / {m['stamped_median']:.1f} | "
                   f"{m['clean_max']:.2f} |")
+    if scale:
+        print("\n| images | sources | first run s | peak RSS MB | decoded | cached rerun s | peak RSS MB |")
+        print("| --- | --- | --- | --- | --- | --- | --- |")
+        for row in scale:
+            first, cached = row["first"], row["cached"]
+            print(f"| {row['images']:,} | {row['sources']} | {first['seconds']:.1f} | {first['peak_rss_mb']} | "
+                  f"{first['decoded']} | {cached['seconds']:.1f} | {cached['peak_rss_mb']} |")
     print(json.dumps({"benchmark": "watermarks", "images": str(args.images), "groups": args.groups,
                       "repeats": args.repeats, "per_source": args.per_source, "threshold": wm.WATERMARK_SCORE,
                       "rows": rows, "null_max": {k: round(max(v), 2) for k, v in result["null"].items()},
-                      "seconds": result["seconds"], "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+                      "scale": scale, "seconds": result["seconds"], "machine": f"{platform.machine()}, {os.cpu_count()} cores",
                       "quick": args.quick}))
     return 0
 

@@ -43,6 +43,10 @@ def test_quick_run_prints_the_table_and_one_json_line(tmp_path):
         assert {"recall", "precision", "false_positives", "ranked_first", "stamped_min", "stamped_median",
                 "clean_max"} <= set(row)
     assert result["rows"][0]["ours"]["recall"] == 1.0  # a 30% logo on 16 photos is found
+    # the scale part ran the real command twice on 40 linked photos in 2 sources: 16 decoded each, then cached
+    (scale,) = result["scale"]
+    assert scale["images"] == 40 and scale["first"]["decoded"] == 32 and scale["first"]["cached_groups"] == 0
+    assert scale["cached"]["cached_groups"] == 2 and scale["first"]["peak_rss_mb"] > 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["images", "metadata.json"]  # its copies are gone
 
 

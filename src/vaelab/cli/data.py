@@ -155,7 +155,7 @@ def data_watermarks(config_path: Optional[Path], overrides: tuple[str, ...], out
     high-pass structure whose per-pixel median over the group stands far above its spread.
     Sources with fewer than 16 images are reported as "too few to tell". Results are cached
     per source in data.cache_dir."""
-    from vaelab.data import watermarks
+    from vaelab.data import watermark_report, watermarks
     from vaelab.data.collection import describe_skips, load_collection
 
     if per_source < watermarks.MIN_IMAGES:
@@ -169,17 +169,17 @@ def data_watermarks(config_path: Optional[Path], overrides: tuple[str, ...], out
     result = watermarks.audit(collection, config.data.resolved_cache_dir(), watermarks.Method(per_group=per_source),
                               workers=config.data.worker_count(), progress=progress)
     try:
-        marks = watermarks.write_marks(result, out)
+        marks = watermark_report.write_marks(result, out)
     except OSError as error:
         raise VaelabError(f"--out {out}: cannot write the mark PNGs ({error.strerror}); choose another folder") from None
-    paste = watermarks.exclusion_lines(result, config.data.filter)
+    paste = watermark_report.exclusion_lines(result, config.data.filter)
     if as_json:
         click.echo(json.dumps({
             "groups": [group.as_json() for group in result.groups],
             "flagged": [group.name for group in result.flagged()],
             "paste": paste,
             "set": [line.replace(": ", "=", 1) for line in paste],
-            "unexcludable_sets": watermarks.untaggable(result),
+            "unexcludable_sets": watermark_report.untaggable(result),
             "marks": [str(path) for path in marks],
             "per_source": per_source,
             "thresholds": {"watermark": watermarks.WATERMARK_SCORE, "unclear": watermarks.UNCLEAR_SCORE,
@@ -198,7 +198,8 @@ def print_watermarks(result, metadata_origin: str, paste: list[str], per_source:
     from rich.console import Console
     from rich.table import Table
 
-    from vaelab.data.watermarks import UNCLEAR_SCORE, WATERMARK_SCORE, untaggable
+    from vaelab.data.watermark_report import untaggable
+    from vaelab.data.watermarks import UNCLEAR_SCORE, WATERMARK_SCORE
 
     console = Console(highlight=False)
     table = Table(title=f"watermark audit of {metadata_origin} (score >= {WATERMARK_SCORE:g}: watermark, "
