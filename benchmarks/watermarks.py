@@ -102,9 +102,9 @@ def score_source(paths: list[str]) -> dict:
     raw_method = wm.Method(high_pass_sigma=0.0)
     views, orientations = [], []
     for path in paths:
-        view, orientation, _ = wm.image_views(Path(path), raw_method)
-        views.append(view)
-        orientations.append(orientation)
+        decoded = wm.image_views(Path(path), raw_method)
+        views.append(decoded.views)
+        orientations.append(decoded.orientation)
     views = np.stack(views)
     table = wm.anchor_squares(np.array(orientations))
     medians, errors, done = [], [], {}
@@ -212,14 +212,15 @@ print(done.stdout.strip().splitlines()[-1] if done.stdout.strip() else "{}")
 
 
 def scale_run(args, count: int, work: Path, sources: int = 20) -> dict:
-    """`vaelab data watermarks` on `count` images in `sources` sources of 100-image set folders (links to
-    the photos, reused round-robin): first run and cached rerun, each in a fresh process; the time and
-    the largest process's peak RSS (the command's or a worker's)."""
+    """`vaelab data watermarks` on `count` images in `sources` sources of 100-image set folders: first run
+    and cached rerun, each in a fresh process; the time and the largest process's peak RSS (the command's
+    or a worker's). The images are links to the photos: each source goes through all of them from its
+    own offset, so a source of more than 600 images holds copies, which the audit leaves out."""
     records = json.loads((args.images / "metadata.json").read_text(encoding="utf-8"))
     root = work / f"scale-{count}"
     rows = []
     for i in range(count):
-        record = records[i % len(records)]
+        record = records[((i % sources) * 30 + i // sources) % len(records)]
         source = f"source-{i % sources:02d}"
         name = f"{source}/set-{i // (sources * 100):04d}/{i:06d}.jpg"
         (root / name).parent.mkdir(parents=True, exist_ok=True)
@@ -238,11 +239,12 @@ def scale_run(args, count: int, work: Path, sources: int = 20) -> dict:
             raise SystemExit(f"vaelab data watermarks failed on {count} images: {done.stderr[-1000:]}")
         result = json.loads(done.stdout.splitlines()[1])
         row[run_name] = {"seconds": float(seconds), "peak_rss_mb": int(rss),
-                         "decoded": sum(g["sampled"] for g in result["groups"]) if run_name == "first" else 0,
+                         "decoded": sum(g["sampled"] + g["duplicates"] for g in result["groups"]) if run_name == "first" else 0,
+                         "duplicates": sum(g["duplicates"] for g in result["groups"]),
                          "cached_groups": result["cached_groups"], "flagged": len(result["flagged"])}
     shutil.rmtree(root)
     print(f"  scale {count:7d} images: first {row['first']['seconds']:.1f} s, {row['first']['peak_rss_mb']} MB peak, "
-          f"{row['first']['decoded']} decoded; cached rerun {row['cached']['seconds']:.1f} s, "
+          f"{row['first']['decoded']} decoded, {row['first']['flagged']} flagged; cached rerun {row['cached']['seconds']:.1f} s, "
           f"{row['cached']['peak_rss_mb']} MB", file=sys.stderr, flush=True)
     return row
 
@@ -313,12 +315,14 @@ def main() -> int:
                   f"{m['stamped_min']:.1f} / {m['stamped_median']:.1f} | "
                   f"{m['clean_max']:.2f} |")
     if scale:
-        print("\n| images | sources | first run s | peak RSS MB | decoded | cached rerun s | peak RSS MB |")
-        print("| --- | --- | --- | --- | --- | --- | --- |")
+        print("\n| images | sources | first run s | peak RSS MB | decoded | copies left out | flagged "
+              "| cached rerun s | peak RSS MB |")
+        print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
         for row in scale:
             first, cached = row["first"], row["cached"]
             print(f"| {row['images']:,} | {row['sources']} | {first['seconds']:.1f} | {first['peak_rss_mb']} | "
-                  f"{first['decoded']} | {cached['seconds']:.1f} | {cached['peak_rss_mb']} |")
+                  f"{first['decoded']} | {first['duplicates']} | {first['flagged']} | {cached['seconds']:.1f} | "
+                  f"{cached['peak_rss_mb']} |")
     print(json.dumps({"benchmark": "watermarks", "images": str(args.images), "groups": args.groups,
                       "repeats": args.repeats, "per_source": args.per_source, "threshold": wm.WATERMARK_SCORE,
                       "rows": rows, "null_max": {k: round(max(v), 2) for k, v in result["null"].items()},

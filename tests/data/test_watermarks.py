@@ -99,7 +99,7 @@ def test_the_demo_sets_watermarking_sources_are_flagged_and_no_other(tmp_path, c
     scores = [g["score"] for g in result["groups"]]
     assert scores == sorted(scores, reverse=True)
     for group in result["groups"]:
-        assert set(group) == {"name", "kind", "images", "sampled", "score", "verdict", "where", "png"}
+        assert set(group) == {"name", "kind", "images", "sampled", "duplicates", "score", "verdict", "where", "png"}
         assert group["kind"] == "source" and group["sampled"] == group["images"]  # all under the 64 sample
         if group["verdict"] == "watermark":
             assert group["where"] == "bottom-right"  # demo.stamp puts the text there
@@ -141,13 +141,35 @@ def test_small_sources_are_too_few_to_tell_and_the_sample_bounds_the_work(tmp_pa
     assert status == 0
     groups = {g["name"]: g for g in json.loads(out)["groups"]}
     assert groups["tiny"] == {"name": "tiny", "kind": "source", "images": wm.MIN_IMAGES - 1, "sampled": 0,
-                              "score": None, "verdict": "too few to tell", "where": None, "png": None}
+                              "duplicates": 0, "score": None, "verdict": "too few to tell", "where": None, "png": None}
     assert groups["big"]["images"] == 40 and groups["big"]["sampled"] == 16
     assert len(decoded) == 16  # the tiny source is not decoded at all, the big one only its sample
     # the sample is spread over the set folders (4 of 10 images each: 4 + 4 + 4 + 4) and the same every run
     assert sorted(Counter(p.parent.name for p in decoded).values()) == [4, 4, 4, 4]
     status, out, _ = run(capsys, "data", "watermarks", *data_args(root), "--out", str(tmp_path / "m"))
     assert status == 0 and "too few to tell" in out and "no source stamps a mark" in out
+
+
+def test_copies_of_one_photo_are_left_out_not_taken_for_a_mark(tmp_path, capsys):
+    # 8 photos posted 3 times each (re-encoded, one copy resized): copies agree on every pixel, so
+    # counted as 24 images they make the median look 3 times surer than it is (this source scored 3.7,
+    # "unclear", before copies were left out; 8 copies of each scored 5.2)
+    root = collection(tmp_path / "photos", {"reposts": (8, False), "fresh": (20, False)}, sets=1)
+    metadata = json.loads((root / "metadata.json").read_text())
+    for record in [r for r in metadata if r["source"] == "reposts"]:
+        with Image.open(root / record["file"]) as original:
+            for copy, (quality, scale) in enumerate([(75, 1.0), (85, 0.75)]):
+                name = record["file"].replace(".jpg", f"-copy{copy}.jpg")
+                size = (round(original.width * scale), round(original.height * scale))
+                original.resize(size).save(root / name, "JPEG", quality=quality)
+                metadata.append({**record, "file": name})
+    (root / "metadata.json").write_text(json.dumps(metadata))
+    status, out, _ = run(capsys, "data", "watermarks", *data_args(root), "--out", str(tmp_path / "m"), "--json")
+    groups = {g["name"]: g for g in json.loads(out)["groups"]}
+    assert status == 0 and groups["reposts"]["images"] == 24
+    assert groups["reposts"]["sampled"] == 8 and groups["reposts"]["duplicates"] == 16
+    assert groups["reposts"]["verdict"] == "too few to tell"
+    assert groups["fresh"]["duplicates"] == 0 and groups["fresh"]["verdict"] == "clean"
 
 
 def test_sets_are_judged_where_images_have_no_source(tmp_path, capsys):

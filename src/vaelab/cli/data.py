@@ -153,8 +153,8 @@ def data_watermarks(config_path: Optional[Path], overrides: tuple[str, ...], out
     images without a source are judged per set folder. Each group's images are cut into squares
     anchored at the frame's corners, edges and centre; a mark fixed to the frame shows as
     high-pass structure whose per-pixel median over the group stands far above its spread.
-    Sources with fewer than 16 images are reported as "too few to tell". Results are cached
-    per source in data.cache_dir."""
+    Sources with fewer than 16 distinct images (copies of a photo count once) are reported as
+    "too few to tell". Results are cached per source in data.cache_dir."""
     from vaelab.data import watermark_report, watermarks
     from vaelab.data.collection import describe_skips, load_collection
 
@@ -205,12 +205,12 @@ def print_watermarks(result, metadata_origin: str, paste: list[str], per_source:
     table = Table(title=f"watermark audit of {metadata_origin} (score >= {WATERMARK_SCORE:g}: watermark, "
                         f">= {UNCLEAR_SCORE:g}: unclear; up to {per_source} images per source)", title_justify="left")
     for column, justify in (("source", "left"), ("kind", "left"), ("images", "right"), ("sampled", "right"),
-                            ("score", "right"), ("verdict", "left"), ("where", "left")):
+                            ("copies", "right"), ("score", "right"), ("verdict", "left"), ("where", "left")):
         table.add_column(column, justify=justify)
     for group in result.groups:
         score = "-" if group.score is None else f"{group.score:.1f}"
         style = {"watermark": "bold red", "unclear": "yellow"}.get(group.verdict, "")
-        table.add_row(group.name, group.kind, str(group.images), str(group.sampled), score,
+        table.add_row(group.name, group.kind, str(group.images), str(group.sampled), str(group.duplicates), score,
                       f"[{style}]{group.verdict}[/]" if style else group.verdict,
                       group.where or "")
     console.print(table)

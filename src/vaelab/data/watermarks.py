@@ -17,9 +17,14 @@ The method, per group of images (a source; a set folder where images have no sou
    same way in every image, so its z-values grow with sqrt(n); anything that moves between
    images (people, floors, JPEG blocks) has a median near 0. Where images of a group are alike
    (one session), the z-map's own spread is divided out when it exceeds 1.
-4. Score. The largest mean of z^2 over a WINDOW x WINDOW window, over the anchors: about 1-2
-   for a clean group, far above for a mark (a mark of 10% opacity on 64 photos scores 20+:
-   benchmarks/watermarks.py). Groups of fewer than MIN_IMAGES images are "too few to tell".
+4. Score. The largest mean of z^2 over a WINDOW x WINDOW window, over the anchors: at most 2.9
+   for the 24 clean sources of benchmarks/watermarks.py, 10 or more for a 10%-opacity logo on 64
+   photos. WATERMARK_SCORE (6) flags, UNCLEAR_SCORE (3) says "unclear". Groups with fewer than
+   MIN_IMAGES distinct images are "too few to tell".
+
+Copies of one photo in a sample (re-posted, re-encoded, resized) agree on every pixel and would
+make the median look surer than it is, so images whose 32x32 thumbnails correlate above 0.99 with
+an earlier one are left out and counted as duplicates.
 
 Nothing is compared across groups, so every group is judged on its own images: a mark shared
 by several sources flags each of them, and adding images to one group never changes another's
@@ -53,11 +58,13 @@ from vaelab.data.metadata import Metadata, Skip
 from vaelab.data.select import split_fraction
 from vaelab.files import atomic_path
 
-VERSION = 1  # bump when the method changes, so that cached group results are recomputed
+VERSION = 2  # bump when the method changes, so that cached group results are recomputed
 CANVAS = 256  # side of every view; 128 blurs text strokes into JPEG noise (measured on the demo set)
 HIGH_PASS_SIGMA = 1.5
 SPREAD_FLOOR = 2.0  # grey levels: JPEG noise on a flat wall would otherwise divide by ~0
 WINDOW = 9
+THUMBNAIL = 32  # side of the thumbnail that finds copies of one photo in a sample
+DUPLICATE_CORRELATION = 0.99  # copies measure 0.9999; different photos of one demo session at most 0.95
 PER_GROUP = 64
 MIN_IMAGES = 16
 WATERMARK_SCORE = 6.0
@@ -96,7 +103,8 @@ class GroupResult:
     name: str
     kind: str
     images: int
-    sampled: int = 0  # images decoded for the estimate (failures not counted)
+    sampled: int = 0  # distinct images the estimate used (failures and copies not counted)
+    duplicates: int = 0  # copies of another sampled photo, left out
     score: Optional[float] = None
     verdict: str = "too few to tell"
     where: Optional[str] = None  # the third of the frame where the mark is strongest
@@ -108,6 +116,7 @@ class GroupResult:
 
     def as_json(self) -> dict:
         return {"name": self.name, "kind": self.kind, "images": self.images, "sampled": self.sampled,
+                "duplicates": self.duplicates,
                 "score": None if self.score is None else round(self.score, 2), "verdict": self.verdict,
                 "where": self.where, "png": self.png}
 
@@ -169,9 +178,16 @@ def sample_group(metadata: Metadata, indices: np.ndarray, size: int) -> np.ndarr
 # --------------------------------------------------------------------------------------------
 
 
-def image_views(path: Path, method: Method) -> tuple[np.ndarray, int, tuple[int, int]]:
-    """(float16 (3, S, S) high-passed squares from the start, middle and end of the long side,
-    orientation code, decoded (width, height)). Raises ImageError."""
+@dataclass
+class ImageViews:
+    views: np.ndarray  # float16 (3, S, S): high-passed squares from the start, middle and end of the long side
+    orientation: int  # PORTRAIT, LANDSCAPE or SQUARE
+    size: tuple[int, int]  # (width, height) as decoded (a draft scale of the displayed image)
+    thumbnail: np.ndarray  # float32 (THUMBNAIL^2,): the whole image, zero mean, unit norm (finds duplicates)
+
+
+def image_views(path: Path, method: Method) -> ImageViews:
+    """One image's anchored views. Raises ImageError."""
     from PIL import Image
 
     gray = Image.fromarray(load_luminance(path, method.canvas))
@@ -187,7 +203,21 @@ def image_views(path: Path, method: Method) -> tuple[np.ndarray, int, tuple[int,
             view = view - gaussian_filter(view, method.high_pass_sigma)
         views[k] = view
     orientation = PORTRAIT if height > width else LANDSCAPE if width > height else SQUARE
-    return views, orientation, (width, height)
+    thumbnail = np.asarray(gray.resize((THUMBNAIL, THUMBNAIL), Image.Resampling.BOX), dtype=np.float32).ravel()
+    thumbnail -= thumbnail.mean()
+    return ImageViews(views, orientation, (width, height), thumbnail / max(float(np.linalg.norm(thumbnail)), 1e-6))
+
+
+def distinct(thumbnails: np.ndarray, threshold: float = DUPLICATE_CORRELATION) -> np.ndarray:
+    """Indices of the images to keep: each one whose thumbnail correlates above `threshold` with an
+    earlier kept one is a copy (re-encoded, resized, re-posted) and is dropped, because copies agree
+    on every pixel and their median would show the photo itself as a fixed overlay."""
+    correlation = thumbnails @ thumbnails.T
+    kept: list[int] = []
+    for i in range(len(thumbnails)):
+        if not kept or correlation[i, kept].max() < threshold:
+            kept.append(i)
+    return np.array(kept, dtype=np.int64)
 
 
 def anchor_squares(orientations: np.ndarray) -> np.ndarray:
@@ -258,20 +288,21 @@ def verdict(score: Optional[float]) -> str:
 def score_group(task: tuple[list[str], Method]) -> dict:
     """Worker: decode a group's sample and score it. Returns small arrays only."""
     paths, method = task
-    views, orientations, sizes, failed = [], [], [], []
+    decoded, failed = [], []
     for path in paths:
         try:
-            view, orientation, size = image_views(Path(path), method)
+            decoded.append(image_views(Path(path), method))
         except ImageError as error:
             failed.append((path, str(error).split(": ", 1)[-1]))
-            continue
-        views.append(view)
-        orientations.append(orientation)
-        sizes.append(size)
-    result = {"used": len(views), "failed": failed, "scores": np.zeros(0), "peaks": np.zeros((0, 2), np.int64),
-              "spots": np.zeros((0, 2)), "mark": None}
-    if len(views) >= method.min_images:
-        result.update(score_views(np.stack(views), np.array(orientations), np.array(sizes), method))
+    keep = distinct(np.stack([d.thumbnail for d in decoded])) if decoded else np.zeros(0, np.int64)
+    decoded = [decoded[i] for i in keep]
+    result = {"used": len(decoded), "duplicates": len(paths) - len(failed) - len(decoded), "failed": failed,
+              "scores": np.zeros(0), "peaks": np.zeros((0, 2), np.int64), "spots": np.zeros((0, 2)), "mark": None}
+    if len(decoded) >= method.min_images:
+        result.update(score_views(np.stack([d.views for d in decoded]), np.array([d.orientation for d in decoded]),
+                                  np.array([d.size for d in decoded]), method))
+        if result["scores"].max() < UNCLEAR_SCORE:
+            result["mark"] = None  # a clean group's map is noise: neither kept nor cached (128 KB a group)
     return result
 
 
@@ -291,7 +322,8 @@ def _read_cached(path: Path) -> Optional[dict]:
     try:
         with np.load(path, allow_pickle=False) as saved:
             mark = saved["mark"]
-            return {"used": int(saved["used"]), "scores": saved["scores"], "peaks": saved["peaks"],
+            return {"used": int(saved["used"]), "duplicates": int(saved["duplicates"]),
+                    "scores": saved["scores"], "peaks": saved["peaks"],
                     "spots": saved["spots"], "mark": mark if mark.size else None,
                     "failed": list(zip(saved["failed_files"].tolist(), saved["failed_reasons"].tolist()))}
     except (OSError, ValueError, KeyError):
@@ -299,12 +331,12 @@ def _read_cached(path: Path) -> Optional[dict]:
 
 
 def _write_cached(path: Path, result: dict) -> None:
-    keep_mark = result["mark"] is not None and result["scores"].max() >= UNCLEAR_SCORE  # clean maps are noise
     files, reasons = zip(*result["failed"]) if result["failed"] else ((), ())
     try:
         with atomic_path(path) as temporary, open(temporary, "wb") as handle:
-            np.savez(handle, used=result["used"], scores=result["scores"], peaks=result["peaks"], spots=result["spots"],
-                     mark=result["mark"] if keep_mark else np.zeros((0, 0), np.float16),
+            np.savez(handle, used=result["used"], duplicates=result["duplicates"], scores=result["scores"],
+                     peaks=result["peaks"], spots=result["spots"],
+                     mark=result["mark"] if result["mark"] is not None else np.zeros((0, 0), np.float16),
                      failed_files=np.array(files, dtype=str), failed_reasons=np.array(reasons, dtype=str))
     except OSError:
         pass  # a cache that cannot be written only costs a recomputation
@@ -343,6 +375,7 @@ def audit(collection: Collection, cache_dir: Path, method: Optional[Method] = No
 
 def _fill(result: GroupResult, found: dict) -> None:
     result.sampled = found["used"]
+    result.duplicates = found["duplicates"]
     result.failed = [Skip(path, f"not used by the watermark audit: {reason}") for path, reason in found["failed"]]
     if len(found["scores"]):
         result.score = float(found["scores"].max())
