@@ -121,7 +121,7 @@ def test_a_mark_fixed_to_the_frame_is_found_across_sizes_and_orientations(tmp_pa
     from vaelab.data.collection import load_collection
 
     config = load_config(None, [arg.removeprefix("--set=") for arg in data_args(root)])
-    result = wm.audit(load_collection(config.data), tmp_path / "cache", workers=1)
+    result = wm.audit(load_collection(config.data), tmp_path / "cache", workers=1, progress=True)  # the bar too
     by_name = {g.name: g for g in result.groups}
     assert by_name["agency"].verdict == "watermark" and by_name["agency"].where == "bottom-right"
     assert by_name["clean-a"].verdict == by_name["clean-b"].verdict == "clean"

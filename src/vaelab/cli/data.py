@@ -202,17 +202,23 @@ def print_watermarks(result, metadata_origin: str, paste: list[str], per_source:
     from vaelab.data.watermarks import UNCLEAR_SCORE, WATERMARK_SCORE
 
     console = Console(highlight=False)
-    table = Table(title=f"watermark audit of {metadata_origin} (score >= {WATERMARK_SCORE:g}: watermark, "
-                        f">= {UNCLEAR_SCORE:g}: unclear; up to {per_source} images per source)", title_justify="left")
-    for column, justify in (("source", "left"), ("kind", "left"), ("images", "right"), ("sampled", "right"),
-                            ("copies", "right"), ("score", "right"), ("verdict", "left"), ("where", "left")):
-        table.add_column(column, justify=justify)
+    table = Table(title=f"watermark audit of {metadata_origin}", title_justify="left",
+                  caption=f"score >= {WATERMARK_SCORE:g}: watermark, >= {UNCLEAR_SCORE:g}: unclear; "
+                          f"up to {per_source} images sampled per source, copies of a photo left out",
+                  caption_justify="left")
+    # no_wrap: names and verdicts stay whole in a narrow terminal (they are what the user reads and pastes)
+    with_sets = any(group.kind == "set" for group in result.groups)
+    table.add_column("source / set" if with_sets else "source", no_wrap=True)
+    for column in ("images", "used", "copies", "score"):
+        table.add_column(column, justify="right", no_wrap=True)
+    table.add_column("verdict", no_wrap=True)
+    table.add_column("where", no_wrap=True)
     for group in result.groups:
         score = "-" if group.score is None else f"{group.score:.1f}"
         style = {"watermark": "bold red", "unclear": "yellow"}.get(group.verdict, "")
-        table.add_row(group.name, group.kind, str(group.images), str(group.sampled), str(group.duplicates), score,
-                      f"[{style}]{group.verdict}[/]" if style else group.verdict,
-                      group.where or "")
+        name = f"{group.name} (set)" if with_sets and group.kind == "set" else group.name
+        table.add_row(name, str(group.images), str(group.sampled), str(group.duplicates), score,
+                      f"[{style}]{group.verdict}[/]" if style else group.verdict, group.where or "")
     console.print(table)
     flagged = result.flagged()
     if not flagged:

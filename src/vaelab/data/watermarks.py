@@ -406,7 +406,7 @@ def _run(jobs: list, method: Method, workers: int, progress: bool) -> Iterator[d
         with Progress(TextColumn("watermarks"), BarColumn(), MofNCompleteColumn(), TextColumn("images"),
                       TimeRemainingColumn(), transient=True) as bar:
             task = bar.add_task("", total=total)
-            for (_, paths), outcome in zip(tasks, outcomes):
+            for (paths, _), outcome in zip(tasks, outcomes):
                 bar.advance(task, len(paths))
                 yield outcome
     finally:
