@@ -139,3 +139,102 @@ def data_preview(config_path: Optional[Path], overrides: tuple[str, ...], out: P
     summary = describe_skips(collection.skipped)
     if summary:
         echo_err(summary)
+
+
+@data.command("watermarks")
+@CONFIG_OPTION
+@SET_OPTION
+@click.option("--out", type=click.Path(path_type=Path), default=Path("watermarks"), show_default=True,
+              help="Folder for a PNG of each flagged source's estimated mark.")
+@click.option("--per-source", type=int, default=64, show_default=True,
+              help="Images sampled per source (spread over its set folders); time and memory grow with it, "
+                   "not with the collection.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (groups, flagged, paste lines).")
+def data_watermarks(config_path: Optional[Path], overrides: tuple[str, ...], out: Path, per_source: int,
+                    as_json: bool) -> None:
+    """Find the sources that stamp a fixed mark on every image, show each mark, and print the
+    data.filter lines that exclude them. Sources are judged on the images data.filter keeps;
+    images without a source are judged per set folder. Each group's images are cut into squares
+    anchored at the frame's corners, edges and centre; a mark fixed to the frame shows as
+    high-pass structure whose per-pixel median over the group stands far above its spread.
+    Sources with fewer than 16 distinct images (copies of a photo count once) are reported as
+    "too few to tell". Results are cached per source in data.cache_dir."""
+    from vaelab.data import watermark_report, watermarks
+    from vaelab.data.collection import describe_skips, load_collection
+
+    if per_source < watermarks.MIN_IMAGES:
+        raise VaelabError(f"--per-source {per_source}: a mark cannot be told from noise in fewer than "
+                          f"{watermarks.MIN_IMAGES} images; pass --per-source {watermarks.MIN_IMAGES} or more")
+    if out.exists() and not out.is_dir():
+        raise VaelabError(f"--out {out}: is a file, not a folder; choose a folder for the mark PNGs")
+    config = config_from(config_path, overrides)
+    progress = sys.stderr.isatty() and not as_json
+    collection = load_collection(config.data, progress=progress)
+    result = watermarks.audit(collection, config.data.resolved_cache_dir(), watermarks.Method(per_group=per_source),
+                              workers=config.data.worker_count(), progress=progress)
+    try:
+        marks = watermark_report.write_marks(result, out)
+    except OSError as error:
+        raise VaelabError(f"--out {out}: cannot write the mark PNGs ({error.strerror}); choose another folder") from None
+    paste = watermark_report.exclusion_lines(result, config.data.filter)
+    if as_json:
+        click.echo(json.dumps({
+            "groups": [group.as_json() for group in result.groups],
+            "flagged": [group.name for group in result.flagged()],
+            "paste": paste,
+            "set": [line.replace(": ", "=", 1) for line in paste],
+            "unexcludable_sets": watermark_report.untaggable(result),
+            "marks": [str(path) for path in marks],
+            "per_source": per_source,
+            "thresholds": {"watermark": watermarks.WATERMARK_SCORE, "unclear": watermarks.UNCLEAR_SCORE,
+                           "min_images": watermarks.MIN_IMAGES},
+            "cached_groups": result.cached,
+            "skipped": len(result.skipped) + len(collection.skipped),
+        }))
+        return
+    print_watermarks(result, metadata_origin=collection.metadata.origin, paste=paste, per_source=per_source)
+    summary = describe_skips(collection.skipped + result.skipped)
+    if summary:
+        echo_err(summary)
+
+
+def print_watermarks(result, metadata_origin: str, paste: list[str], per_source: int) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from vaelab.data.watermark_report import untaggable
+    from vaelab.data.watermarks import UNCLEAR_SCORE, WATERMARK_SCORE
+
+    console = Console(highlight=False)
+    table = Table(title=f"watermark audit of {metadata_origin}", title_justify="left",
+                  caption=f"score >= {WATERMARK_SCORE:g}: watermark, >= {UNCLEAR_SCORE:g}: unclear; "
+                          f"up to {per_source} images sampled per source, copies of a photo left out",
+                  caption_justify="left")
+    # no_wrap: names and verdicts stay whole in a narrow terminal (they are what the user reads and pastes)
+    with_sets = any(group.kind == "set" for group in result.groups)
+    table.add_column("source / set" if with_sets else "source", no_wrap=True)
+    for column in ("images", "used", "copies", "score"):
+        table.add_column(column, justify="right", no_wrap=True)
+    table.add_column("verdict", no_wrap=True)
+    table.add_column("where", no_wrap=True)
+    for group in result.groups:
+        score = "-" if group.score is None else f"{group.score:.1f}"
+        style = {"watermark": "bold red", "unclear": "yellow"}.get(group.verdict, "")
+        name = f"{group.name} (set)" if with_sets and group.kind == "set" else group.name
+        table.add_row(name, str(group.images), str(group.sampled), str(group.duplicates), score,
+                      f"[{style}]{group.verdict}[/]" if style else group.verdict, group.where or "")
+    console.print(table)
+    flagged = result.flagged()
+    if not flagged:
+        console.print("no source stamps a mark on its images; nothing to exclude")
+        return
+    for group in flagged:
+        if group.png:
+            console.print(f"mark of {group.name}: {group.png}")
+    if paste:
+        console.print("to exclude them, put in your config (the key under data: filter:):")
+        for line in paste:
+            console.print(f"  {line}", markup=False)
+        console.print("or pass: " + " ".join(f"--set '{line.replace(': ', '=', 1)}'" for line in paste), markup=False)
+    for folder in untaggable(result):
+        console.print(f"  {folder}: its images carry no folder tag; move the folder out of data.images to drop it")

@@ -290,3 +290,24 @@ def load_fitted(path: Path, size: tuple[int, int], fit: str,
         raise _fail(path, "corrupt", f"decoded to {pixels.dtype} {pixels.shape}, "
                     f"not uint8 {(out_h, out_w, 3)}", "re-save the image as 8-bit RGB")
     return Fitted(pixels, box)
+
+
+def load_luminance(path: Path, min_side: int) -> np.ndarray:
+    """The displayed image's luminance as uint8 (H, W), decoded at the smallest JPEG scale whose
+    short side is still at least `min_side` pixels (or the full image when it is smaller). Used by
+    the watermark audit, which needs no colour and no fitting. Raises ImageError."""
+    path = Path(path)
+    img, orientation = _open(path)
+    with img:
+        width, height = img.size
+        short = min(width, height)
+        want = (max(1, math.ceil(width * min_side / short)), max(1, math.ceil(height * min_side / short)))
+        with _decoding(path):
+            # a JPEG in YCbCr decodes its Y plane alone here: no colour conversion to pay for
+            img.draft("L", want)
+            img.load()
+        work = _to_8bit(img, path)
+        gray = work.convert("L") if work.mode != "L" else work
+        if orientation != 1:
+            gray = gray.transpose(_TRANSPOSE[orientation])
+        return np.asarray(gray)
