@@ -1,21 +1,10 @@
 import json
 
 import pytest
+from cli_run import run
 from PIL import Image
 
-from vaelab.cli import cli, main
-
-
-def run(capsys, *args):
-    """Run the vaelab command in-process; return (exit status, stdout, stderr)."""
-    try:
-        main(list(args))
-        status = 0
-    except SystemExit as exit:
-        status = exit.code or 0
-    out, err = capsys.readouterr()
-    assert "Traceback" not in out + err
-    return status, out, err
+from vaelab.cli import cli
 
 
 def all_commands(group, prefix=()):

@@ -8,25 +8,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_run import run
 from PIL import Image, ImageDraw
 
-from vaelab.cli import main
 from vaelab.data import watermarks as wm
 from vaelab.data.demo import SOURCES
 
 SIZES = [(160, 120), (120, 160), (128, 128), (150, 120)]  # landscape, portrait, square, another aspect
-
-
-def run(capsys, *args):
-    """The vaelab command in-process: (exit status, stdout, stderr)."""
-    try:
-        main(list(args))
-        status = 0
-    except SystemExit as exit:
-        status = exit.code or 0
-    out, err = capsys.readouterr()
-    assert "Traceback" not in out + err
-    return status, out, err
 
 
 def photo(rng: np.random.Generator, width: int, height: int) -> Image.Image:
