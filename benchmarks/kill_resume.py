@@ -100,27 +100,20 @@ def child(config_path: Path, resume: str, target: dict | None, fired: Path, cens
         real_init(self, *args, **kwargs)
         live[:] = [self]
 
-    real_step = trainer.Trainer.train_step
+    def dying(real, phase: str, before: str, after: str):
+        """`real` (a method), killed before it runs or after it returned when `phase` is the target's."""
+        def method(self, *args):
+            moment = hit(phase)
+            if moment == before:
+                die(moment)
+            result = real(self, *args)
+            if moment == after:
+                die(moment)
+            return result
+        return method
 
-    def train_step(self, batch):
-        moment = hit("step")
-        if moment == "before":
-            die(moment)
-        result = real_step(self, batch)
-        if moment == "after":
-            die(moment)
-        return result
-
-    real_fill = cache.ImageCache.fill
-
-    def fill(self, slot):
-        moment = hit("decode")
-        if moment == "enter":
-            die(moment)
-        result = real_fill(self, slot)
-        if moment == "stored":
-            die(moment)
-        return result
+    train_step = dying(trainer.Trainer.train_step, "step", "before", "after")
+    fill = dying(cache.ImageCache.fill, "decode", "enter", "stored")
 
     real_atomic, real_save, real_link = checkpoints.atomic_path, checkpoints.save_state, checkpoints.link_state
 

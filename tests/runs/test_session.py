@@ -180,11 +180,11 @@ def test_resume_refuses_a_different_config(setup):
 
 
 def test_a_run_being_trained_is_locked(setup):
-    from vaelab.runs.folder import lock_run
+    from vaelab.runs.folder import RunFolder
 
     tmp_path, _, config_path = setup
     run_dir = fake_run(tmp_path / "runs", load_config(config_path), "running", 1.0, "busy")
-    held = lock_run(run_dir)
+    held = RunFolder(run_dir).lock()
     try:
         with pytest.raises(VaelabError, match="another vaelab process is training this run"):
             train_run(None, resume=run_dir)

@@ -36,7 +36,7 @@ from vaelab.experiments import stats
 from vaelab.experiments.compare_tables import print_report
 from vaelab.experiments.labels import BASELINE, label_runs
 from vaelab.experiments.thresholds import parse_threshold, threshold_results
-from vaelab.runs.folder import read_metrics  # the one metrics.jsonl reader; journal, storage, report import it here
+from vaelab.runs.folder import read_metrics
 
 DEFAULT_METRICS = ("val_loss", "val_recon", "val_psnr")
 

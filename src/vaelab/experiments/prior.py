@@ -154,7 +154,7 @@ def resolved_kind(config: PriorConfig, family: str, run_dir: Path) -> str:
 def fit_prior(run_dir: Path, overrides: Sequence[str] = (), fresh: bool = False, device: str = "auto",
               progress: Optional[bool] = None, log: Callable[[str], None] = print) -> dict:
     """Fit (or resume fitting) the prior of a run; returns the summary (also in summary.json)."""
-    from vaelab.runs.folder import lock_run
+    from vaelab.runs.folder import RunFolder
 
     run_dir = Path(run_dir)
     run = load_run(run_dir, "best", device)
@@ -174,7 +174,7 @@ def fit_prior(run_dir: Path, overrides: Sequence[str] = (), fresh: bool = False,
         if changed:
             raise VaelabError(f"{folder} holds a prior with other settings ({', '.join(changed)}); add --fresh to"
                               " replace it (the old folder is kept as prior-replaced-<time>)")
-    lock = lock_run(run_dir)
+    lock = RunFolder(run_dir).lock()
     try:
         if fresh and folder.exists():
             kept = run_dir / f"prior-replaced-{time.strftime('%Y-%m-%d_%Hh%Mm%Ss')}"

@@ -150,15 +150,6 @@ def started_at(folder_name: str) -> Optional[float]:
         return None
 
 
-def lock_run(run_dir: Path):
-    """`RunFolder(run_dir).lock()`, for the callers that hold a path."""
-    return RunFolder(run_dir).lock()
-
-
-def is_locked(run_dir: Path) -> bool:
-    return RunFolder(run_dir).is_locked()
-
-
 def epoch_record(line: str) -> Optional[dict]:
     """The epoch record on one metrics.jsonl line: a JSON object with a positive integer `epoch`.
     None for any other line (blank, or torn by a kill)."""

@@ -22,12 +22,13 @@ from typing import Any, Optional
 
 from vaelab.errors import VaelabError
 from vaelab.experiments import stats
-from vaelab.experiments.compare import number, read_metrics
+from vaelab.experiments.compare import number
 from vaelab.experiments.labels import format_value
 from vaelab.experiments.stats import format_number
 from vaelab.experiments.sweep.plan import Plan
 from vaelab.experiments.sweep.records import SweepState, pair_states
 from vaelab.files import write_text
+from vaelab.runs.folder import read_metrics
 
 # --------------------------------------------------------------------------------------------
 # a plan's journal, from its run folders

@@ -35,7 +35,7 @@ from vaelab.experiments.sweep.journal import publish_journal
 from vaelab.experiments.sweep.plan import Pair, Plan, config_path, load_plan
 from vaelab.experiments.sweep.records import Found, SweepState, survey
 from vaelab.files import write_text
-from vaelab.runs.folder import lock_run
+from vaelab.runs.folder import RunFolder
 from vaelab.runs.session import train_run
 
 # --------------------------------------------------------------------------------------------
@@ -187,7 +187,7 @@ def finish_pair(plan: Plan, state: SweepState, pair: Pair, error: Optional[str],
 def lock_sweep(folder: Path):
     """One `vaelab sweep` per sweep folder, so that two never write sweep.json or train one pair twice."""
     try:
-        return lock_run(folder)
+        return RunFolder(folder).lock()
     except VaelabError:
         raise VaelabError(f"{folder}: another vaelab sweep is running this plan; wait for it or stop it") from None
 

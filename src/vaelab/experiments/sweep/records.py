@@ -20,7 +20,7 @@ from vaelab.config.keys import flatten, resume_may_change
 from vaelab.errors import VaelabError
 from vaelab.experiments.sweep.plan import Pair, Plan
 from vaelab.files import read_json, write_json
-from vaelab.runs.folder import RunFolder, identity, is_locked
+from vaelab.runs.folder import RunFolder, identity
 
 
 def match_key(config: Config) -> str:
@@ -67,7 +67,7 @@ def pair_state(pair: Pair, candidates: list[Found], recorded: Optional[str]) -> 
     diverged = [r for r in candidates if r.status == "diverged"]
     if diverged:
         return "diverged", pick(diverged)
-    busy = [r for r in candidates if is_locked(r.folder)]
+    busy = [r for r in candidates if RunFolder(r.folder).is_locked()]
     if busy:
         return "busy", busy[0]
     if candidates:  # killed, interrupted, failed, or finished with fewer epochs than planned now

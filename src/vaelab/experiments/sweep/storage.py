@@ -39,7 +39,7 @@ from typing import Any, Optional
 
 from vaelab.config import Config
 from vaelab.errors import VaelabError
-from vaelab.experiments.compare import number, read_metrics
+from vaelab.experiments.compare import number
 from vaelab.experiments.sweep.database import Storage, heartbeat, reason
 from vaelab.experiments.sweep.executor import look, say, starting, train_here
 from vaelab.experiments.sweep.journal import publish_journal
@@ -47,6 +47,7 @@ from vaelab.experiments.sweep.plan import Plan, config_path, load_plan
 from vaelab.experiments.sweep.records import match_key
 from vaelab.experiments.sweep.search import objective, search_config, search_summary
 from vaelab.files import write_text
+from vaelab.runs.folder import read_metrics
 from vaelab.runs.session import train_run
 
 POLL_S = 1.0
